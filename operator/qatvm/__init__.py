@@ -1,0 +1,3 @@
+"""qatvm: run virtual machines with Intel QAT SR-IOV virtual functions on Kubernetes."""
+
+__version__ = "0.1.0"

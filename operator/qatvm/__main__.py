@@ -1,0 +1,5 @@
+import sys
+
+from qatvm.cli import main
+
+sys.exit(main())

@@ -1,0 +1,42 @@
+"""The `qatvm` command: one entry point, each subcommand implemented where its work lives."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# Subcommand -> (module, help). Modules are imported only when their subcommand runs, so
+# `qatvm inventory` on a node does not pay for Kubernetes or libvirt imports.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "build": ("qatvm.controlplane.binaries", "build the control plane's Go binaries into the cache"),
+    "local": ("qatvm.local.cluster", "run a local cluster: up, down, status"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: qatvm COMMAND [ARGS...]", "", "commands:"]
+    lines += [f"  {name:<12} {help_text}" for name, (_, help_text) in SUBCOMMANDS.items()]
+    lines += ["", "`qatvm COMMAND --help` explains each command."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if args else 2
+    if args[0] == "--version":
+        from qatvm import __version__
+
+        print(f"qatvm {__version__}")
+        return 0
+    entry = SUBCOMMANDS.get(args[0])
+    if entry is None:
+        print(f"qatvm: unknown command {args[0]!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(entry[0])
+    return int(module.main(args[1:]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Helpers for tests and end-to-end checks against a real cluster (like kopf.testing)."""
