@@ -1,0 +1,1 @@
+"""Typed models of the qatvm.io/v1alpha1 objects."""

@@ -1,0 +1,138 @@
+"""The QatVirtualMachine object as the operator reads and writes it.
+
+Field names follow crds/qatvirtualmachines.qatvm.io.yaml exactly; the API server validates and
+defaults, so these models only type what arrives and what the operator writes back.
+"""
+
+from __future__ import annotations
+
+import datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from qatvm.api.quantity import parse_bytes
+
+GROUP = "qatvm.io"
+VERSION = "v1alpha1"
+PLURAL = "qatvirtualmachines"
+KIND = "QatVirtualMachine"
+NODE_LABEL = "qatvm.io/node"
+
+
+class ApiModel(BaseModel):
+    """camelCase on the wire, snake_case in Python; unknown fields kept so nothing is lost."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    def wire(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+class NumaPolicy(StrEnum):
+    NONE = "none"
+    PREFER = "prefer"
+    REQUIRE = "require"
+
+
+class QatRequest(ApiModel):
+    count: int
+    services: list[str] | None = None
+    generation: str | None = None
+    numa: NumaPolicy = NumaPolicy.PREFER
+
+
+class Image(ApiModel):
+    path: str
+
+
+class CloudInit(ApiModel):
+    user_data: str | None = None
+
+
+class VmSpec(ApiModel):
+    running: bool = True
+    vcpus: int = 1
+    memory: str = "1Gi"
+    qat: QatRequest
+    image: Image | None = None
+    cloud_init: CloudInit | None = None
+    node_selector: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def memory_bytes(self) -> int:
+        return parse_bytes(self.memory)
+
+
+class Phase(StrEnum):
+    PENDING = "Pending"
+    SCHEDULED = "Scheduled"
+    STARTING = "Starting"
+    RUNNING = "Running"
+    STOPPED = "Stopped"
+    FAILED = "Failed"
+    TERMINATING = "Terminating"
+
+
+class AllocatedDevice(ApiModel):
+    """One VF allocated to the VM: where it sits on the host, recorded before it is bound."""
+
+    pci_address: str
+    pf_address: str | None = None
+    device_id: str | None = None
+    numa_node: int | None = None
+    iommu_group: int | None = None
+    driver: str | None = None
+
+
+class DomainStatus(ApiModel):
+    name: str | None = None
+    uuid: str | None = None
+    state: str | None = None
+
+
+class Condition(ApiModel):
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str | None = None
+    message: str | None = None
+    last_transition_time: datetime.datetime | None = None
+    observed_generation: int | None = None
+
+
+class VmStatus(ApiModel):
+    phase: Phase | None = None
+    node_name: str | None = None
+    devices: list[AllocatedDevice] = Field(default_factory=list)
+    domain: DomainStatus | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    observed_generation: int | None = None
+
+    def condition(self, type_: str) -> Condition | None:
+        return next((c for c in self.conditions if c.type == type_), None)
+
+
+class ObjectRef(ApiModel):
+    """Who a VF is allocated to: enough to find the VM and to tell a re-created one apart."""
+
+    namespace: str
+    name: str
+    uid: str
+
+
+class QatVirtualMachine(ApiModel):
+    api_version: str = f"{GROUP}/{VERSION}"
+    kind: str = KIND
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: VmSpec
+    status: VmStatus = Field(default_factory=VmStatus)
+
+    @property
+    def ref(self) -> ObjectRef:
+        return ObjectRef(
+            namespace=self.metadata.get("namespace", ""),
+            name=self.metadata.get("name", ""),
+            uid=self.metadata.get("uid", ""),
+        )
