@@ -1,0 +1,158 @@
+"""`qatvm local up|down|status`: a whole qatvm cluster on this machine, for trying and testing."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import ssl
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from qatvm.controlplane.binaries import BuildError, ensure_built
+from qatvm.local.state import ClusterState, default_state_dir
+from qatvm.processes import ManagedProcess, pid_alive, wait_until
+
+UP_TIMEOUT = 180.0
+DOWN_TIMEOUT = 60.0
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def up(state_dir: Path, nodes: int) -> int:
+    state = ClusterState.load(state_dir)
+    if state and state.running():
+        _say(f"the local cluster in {state_dir} is already running (supervisor pid {state.supervisor_pid})")
+        if state.ready:
+            print(state.exports())
+            return 0
+        return _wait_ready(state_dir, None)
+    ensure_built()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    ClusterState.path(state_dir).unlink(missing_ok=True)
+    supervisor = ManagedProcess(
+        "supervisor",
+        [sys.executable, "-m", "qatvm.local.supervisor", "--state-dir", state_dir, "--nodes", nodes],
+        state_dir / "logs" / "supervisor.log",
+        env=_child_env(),
+        # The cluster must outlive this command; `local down` stops it.
+        die_with_parent=False,
+    )
+    started = time.monotonic()
+    supervisor.start()
+    _say(f"starting the local cluster in {state_dir} (log: {supervisor.log_path})")
+    code = _wait_ready(state_dir, supervisor)
+    if code == 0:
+        _say(f"ready in {time.monotonic() - started:.1f}s")
+    return code
+
+
+def _child_env() -> dict[str, str]:
+    # The supervisor imports this same package, wherever it was imported from.
+    env = dict(os.environ)
+    package_root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    return env
+
+
+def _wait_ready(state_dir: Path, supervisor: ManagedProcess | None) -> int:
+    deadline = time.monotonic() + UP_TIMEOUT
+    while time.monotonic() < deadline:
+        state = ClusterState.load(state_dir)
+        if state and state.error:
+            _say(f"the local cluster failed to start: {state.error}")
+            return 1
+        if state and state.ready:
+            print(state.exports())
+            return 0
+        if supervisor is not None and not supervisor.alive():
+            _say(f"the local cluster exited during start-up; end of {supervisor.log_path}:\n{supervisor.log_tail()}")
+            return 1
+        time.sleep(0.1)
+    _say(f"the local cluster was not ready after {UP_TIMEOUT:.0f}s; see {state_dir / 'logs'}")
+    return 1
+
+
+def down(state_dir: Path, purge: bool) -> int:
+    state = ClusterState.load(state_dir)
+    if state is None or not state.running():
+        _say(f"no local cluster is running in {state_dir}")
+    else:
+        os.kill(state.supervisor_pid, signal.SIGTERM)
+        if not wait_until(lambda: not pid_alive(state.supervisor_pid), DOWN_TIMEOUT):
+            _say(f"supervisor {state.supervisor_pid} did not stop in {DOWN_TIMEOUT:.0f}s; killing it")
+            os.kill(state.supervisor_pid, signal.SIGKILL)
+        # Its children die with it; confirm rather than assume.
+        pids = state.components
+        if not wait_until(lambda: not any(pid_alive(pid) for pid in pids.values()), 10):
+            _say(f"still running after stop: {', '.join(n for n, pid in pids.items() if pid_alive(pid))}")
+            return 1
+        _say("the local cluster is stopped")
+    if purge and state_dir.exists():
+        shutil.rmtree(state_dir)
+        _say(f"removed {state_dir}")
+    return 0
+
+
+def status(state_dir: Path) -> int:
+    state = ClusterState.load(state_dir)
+    if state is None or not state.running():
+        print(f"stopped (state dir {state_dir})")
+        return 3
+    print(f"supervisor  pid {state.supervisor_pid}  {'ready' if state.ready else 'starting'}")
+    for name, pid in state.components.items():
+        print(f"{name:<24} pid {pid:<8} {'running' if pid_alive(pid) else 'EXITED'}")
+    if state.server:
+        print(f"api server  {state.server}  readyz: {_readyz(state_dir, state.server)}")
+    print(f"nodes       {' '.join(state.nodes)}")
+    if state.ready:
+        print(state.exports())
+    return 0
+
+
+def _readyz(state_dir: Path, server: str) -> str:
+    pki = state_dir / "pki"
+    context = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+    context.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
+    try:
+        with urllib.request.urlopen(f"{server}/readyz", timeout=3, context=context) as response:
+            return str(response.read().decode().strip())
+    except OSError as error:
+        return f"unreachable ({error})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="qatvm local", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (
+        ("up", "start the local cluster (builds the control plane on first use)"),
+        ("down", "stop the local cluster"),
+        ("status", "say what runs"),
+    ):
+        sub = commands.add_parser(name, help=help_text)
+        sub.add_argument(
+            "--state-dir",
+            type=Path,
+            default=default_state_dir(),
+            help="where the cluster keeps its data (default: %(default)s)",
+        )
+        if name == "up":
+            sub.add_argument("--nodes", type=int, default=2, help="simulated nodes (default: %(default)s)")
+        if name == "down":
+            sub.add_argument("--purge", action="store_true", help="also delete the state dir")
+    args = parser.parse_args(argv)
+    state_dir = args.state_dir.resolve()
+    try:
+        if args.command == "up":
+            return up(state_dir, args.nodes)
+        if args.command == "down":
+            return down(state_dir, args.purge)
+        return status(state_dir)
+    except BuildError as error:
+        _say(f"qatvm local: {error}")
+        return 1

@@ -1,0 +1,121 @@
+"""Bad QatVirtualMachines are refused by the real API server with a message naming the field."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from qatvm.testing.kubectl import Kubectl
+
+GOOD: dict[str, Any] = {
+    "apiVersion": "qatvm.io/v1alpha1",
+    "kind": "QatVirtualMachine",
+    "metadata": {"name": "bad"},
+    "spec": {"vcpus": 2, "memory": "1Gi", "qat": {"count": 2}, "image": {"path": "/images/base.qcow2"}},
+}
+
+
+def with_spec(**changes: Any) -> dict[str, Any]:
+    obj = copy.deepcopy(GOOD)
+    for dotted, value in changes.items():
+        *parents, leaf = dotted.split("__")
+        target = obj["spec"]
+        for key in parents:
+            target = target.setdefault(key, {})
+        if value is None:
+            target.pop(leaf)
+        else:
+            target[leaf] = value
+    return obj
+
+
+BAD = [
+    pytest.param(with_spec(qat__count=0), "spec.qat.count", "should be greater than or equal to 1", id="count-zero"),
+    pytest.param(with_spec(qat__count=65), "spec.qat.count", "should be less than or equal to 64", id="count-too-many"),
+    pytest.param(with_spec(qat__services=["sym", "crc"]), "spec.qat.services[1]", 'Unsupported value: "crc"', id="unknown-service"),
+    pytest.param(with_spec(qat__generation="5xxx"), "spec.qat.generation", 'Unsupported value: "5xxx"', id="unknown-generation"),
+    pytest.param(with_spec(qat__numa="always"), "spec.qat.numa", 'Unsupported value: "always"', id="unknown-numa"),
+    pytest.param(with_spec(memory="lots"), "spec.memory", "must be a Kubernetes quantity", id="memory-not-quantity"),
+    pytest.param(with_spec(memory="64Mi"), "spec.memory", "must be at least 128Mi", id="memory-too-small"),
+    pytest.param(with_spec(vcpus=0), "spec.vcpus", "should be greater than or equal to 1", id="zero-vcpus"),
+    pytest.param(with_spec(vcpus=257), "spec.vcpus", "should be less than or equal to 256", id="too-many-vcpus"),
+    pytest.param(with_spec(qat=None), "spec.qat", "Required value", id="missing-qat"),
+    pytest.param(with_spec(image__path="images/base.qcow2"), "spec.image.path", "must be an absolute path", id="relative-image"),
+]
+
+
+@pytest.mark.parametrize(("obj", "field", "message"), BAD)
+def test_bad_vm_is_refused_naming_the_field(kubectl: Kubectl, namespace: str, obj: dict[str, Any], field: str, message: str) -> None:
+    obj["metadata"]["namespace"] = namespace
+    result = kubectl.run("apply", "-f", "-", input=obj, check=False)
+    assert result.returncode != 0, result.stdout
+    assert field in result.stderr and message in result.stderr, result.stderr
+    assert not kubectl.exists("qvm", "bad", "-n", namespace)
+
+
+def test_unknown_fields_are_refused_with_strict_validation(kubectl: Kubectl, namespace: str) -> None:
+    obj = with_spec(gpus=1)
+    obj["metadata"]["namespace"] = namespace
+    result = kubectl.run("apply", "--validate=strict", "-f", "-", input=obj, check=False)
+    assert result.returncode != 0
+    assert 'unknown field "spec.gpus"' in result.stderr, result.stderr
+
+
+def test_good_vm_is_accepted(kubectl: Kubectl, namespace: str) -> None:
+    obj = with_spec(qat__services=["sym", "asym"], qat__generation="4xxx", qat__numa="require")
+    obj["metadata"]["namespace"] = namespace
+    kubectl.run("apply", "--validate=strict", "-f", "-", input=obj)
+    assert kubectl.json("get", "qvm", "bad", "-n", namespace)["spec"]["qat"]["services"] == ["sym", "asym"]
+
+
+def test_qat_is_frozen_once_scheduled(kubectl: Kubectl, namespace: str) -> None:
+    obj = with_spec()
+    obj["metadata"]["namespace"] = namespace
+    kubectl.apply(obj)
+    # Before scheduling, the request may still change.
+    kubectl.run("patch", "qvm", "bad", "-n", namespace, "--type=merge", "-p", '{"spec":{"qat":{"count":3}}}')
+    kubectl.run(
+        "patch", "qvm", "bad", "-n", namespace, "--subresource=status", "--type=merge",
+        "-p", '{"status":{"nodeName":"node-1","phase":"Scheduled"}}',
+    )
+    refused = kubectl.run("patch", "qvm", "bad", "-n", namespace, "--type=merge", "-p", '{"spec":{"qat":{"count":4}}}', check=False)
+    assert refused.returncode != 0
+    assert "spec.qat" in refused.stderr and "cannot change once the VM is scheduled" in refused.stderr, refused.stderr
+    # Everything else in spec stays editable: that is how users stop and start VMs.
+    kubectl.run("patch", "qvm", "bad", "-n", namespace, "--type=merge", "-p", '{"spec":{"running":false,"vcpus":4}}')
+    spec = kubectl.json("get", "qvm", "bad", "-n", namespace)["spec"]
+    assert spec["qat"]["count"] == 3 and spec["running"] is False
+
+
+def test_printer_columns(kubectl: Kubectl, namespace: str) -> None:
+    obj = with_spec()
+    obj["metadata"]["namespace"] = namespace
+    kubectl.apply(obj)
+    header, row = kubectl.run("get", "qvm", "-n", namespace).stdout.splitlines()
+    assert header.split() == ["NAME", "PHASE", "NODE", "VFS", "READY", "AGE"]
+    assert row.split()[:2] == ["bad", "2"]  # phase, node and ready stay blank until scheduled
+    wide = kubectl.run("get", "qvm", "-n", namespace, "-o", "wide").stdout.splitlines()[0].split()
+    assert wide == ["NAME", "PHASE", "NODE", "VFS", "READY", "DEVICES", "DOMAIN", "AGE"]
+
+
+def test_qatnode_columns(kubectl: Kubectl) -> None:
+    kubectl.apply({"apiVersion": "qatvm.io/v1alpha1", "kind": "QatNode", "metadata": {"name": "columns-node"}})
+    try:
+        kubectl.run(
+            "patch", "qatnode", "columns-node", "--subresource=status", "--type=merge",
+            "-p", '{"status":{"total":8,"free":6,"unhealthy":1}}',
+        )
+        header, row = kubectl.run("get", "qatnode", "columns-node").stdout.splitlines()
+        assert header.split() == ["NAME", "TOTAL", "FREE", "UNHEALTHY", "AGE"]
+        assert row.split()[:4] == ["columns-node", "8", "6", "1"]
+    finally:
+        kubectl.run("delete", "qatnode", "columns-node")
+
+
+def test_categories_and_short_names(kubectl: Kubectl, namespace: str) -> None:
+    obj = with_spec()
+    obj["metadata"]["namespace"] = namespace
+    kubectl.apply(obj)
+    assert "qatvirtualmachine.qatvm.io/bad" in kubectl.run("get", "qatvm", "-n", namespace, "-o", "name").stdout

@@ -1,0 +1,88 @@
+"""`qatvm local up/status/down` as a user runs them: separate commands, a cluster in between."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from qatvm.local.state import ClusterState
+from qatvm.processes import pid_alive
+from qatvm.testing.kubectl import Kubectl
+
+
+def qatvm(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "qatvm", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def exports(stdout: str) -> dict[str, str]:
+    line = next(line for line in stdout.splitlines() if line.startswith("export "))
+    return dict(part.split("=", 1) for part in line.removeprefix("export ").split())
+
+
+def test_local_up_serves_crds_and_nodes_and_down_leaves_nothing(tmp_path: Path) -> None:
+    state_dir = tmp_path / "cluster"
+    started = time.monotonic()
+    up = qatvm("local", "up", "--nodes", "3", "--state-dir", str(state_dir))
+    elapsed = time.monotonic() - started
+    assert up.returncode == 0, up.stderr
+    print(f"warm `qatvm local up` took {elapsed:.1f}s")
+    try:
+        env = exports(up.stdout)
+        assert env["KUBECONFIG"] == str(state_dir / "kubeconfig")
+        assert env["PATH"].startswith(f"{state_dir / 'bin'}:")
+        kubectl = Kubectl(state_dir / "bin" / "kubectl", state_dir / "kubeconfig")
+        nodes = [n["metadata"]["name"] for n in kubectl.json("get", "nodes")["items"]]
+        assert nodes == ["node-1", "node-2", "node-3"]
+        assert kubectl.run("get", "qvm", "-A").returncode == 0
+        for node in nodes:
+            assert (state_dir / "nodes" / node).is_dir()
+
+        # A second `up` finds the running cluster and prints the same exports.
+        again = qatvm("local", "up", "--state-dir", str(state_dir))
+        assert again.returncode == 0 and exports(again.stdout) == env
+
+        status = qatvm("local", "status", "--state-dir", str(state_dir))
+        assert status.returncode == 0 and "readyz: ok" in status.stdout, status.stdout
+    finally:
+        state = ClusterState.load(state_dir)
+        down = qatvm("local", "down", "--state-dir", str(state_dir))
+    assert down.returncode == 0, down.stderr
+    assert state is not None
+    pids = [state.supervisor_pid, *state.components.values()]
+    assert len(pids) == 4 and not any(pid_alive(pid) for pid in pids)
+    assert qatvm("local", "status", "--state-dir", str(state_dir)).returncode == 3
+
+
+def test_state_survives_down_and_up(tmp_path: Path) -> None:
+    state_dir = tmp_path / "cluster"
+    assert qatvm("local", "up", "--nodes", "1", "--state-dir", str(state_dir)).returncode == 0
+    kubectl = Kubectl(state_dir / "bin" / "kubectl", state_dir / "kubeconfig")
+    try:
+        kubectl.run("create", "configmap", "kept", "--from-literal=answer=42")
+    finally:
+        assert qatvm("local", "down", "--state-dir", str(state_dir)).returncode == 0
+    assert qatvm("local", "up", "--nodes", "1", "--state-dir", str(state_dir)).returncode == 0
+    try:
+        assert kubectl.json("get", "configmap", "kept")["data"] == {"answer": "42"}
+    finally:
+        assert qatvm("local", "down", "--purge", "--state-dir", str(state_dir)).returncode == 0
+    assert not state_dir.exists()
+
+
+def test_supervisor_killed_takes_its_children_with_it(tmp_path: Path) -> None:
+    state_dir = tmp_path / "cluster"
+    assert qatvm("local", "up", "--nodes", "1", "--state-dir", str(state_dir)).returncode == 0
+    state = ClusterState.load(state_dir)
+    assert state is not None
+    os.kill(state.supervisor_pid, 9)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(pid_alive(p) for p in state.components.values()):
+        time.sleep(0.1)
+    assert not any(pid_alive(p) for p in state.components.values())
+    # The stale state file is recognised as stopped, and a new `up` starts cleanly.
+    assert qatvm("local", "status", "--state-dir", str(state_dir)).returncode == 3
+    assert qatvm("local", "up", "--nodes", "1", "--state-dir", str(state_dir)).returncode == 0
+    assert qatvm("local", "down", "--purge", "--state-dir", str(state_dir)).returncode == 0
