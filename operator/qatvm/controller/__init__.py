@@ -1,0 +1,1 @@
+"""The controller: schedules QatVirtualMachines onto nodes and their exact VFs."""
