@@ -124,11 +124,12 @@ class Scheduler:
         self.wake.set()
 
     async def run(self) -> None:
-        await self.bootstrap()
+        await _retrying(self.bootstrap, "listing the cluster")
         while True:
             await self.wake.wait()
             self.wake.clear()
-            await self.schedule_pending()
+            if not await _retrying(self.schedule_pending, "scheduling", attempts=1):
+                self.wake.set()
 
     async def schedule_pending(self) -> None:
         oldest_first = sorted(self.picture.pending.values(), key=lambda b: b["metadata"].get("creationTimestamp") or "")
@@ -172,8 +173,7 @@ class Scheduler:
             "devices": [d.wire() for d in devices],
             "conditions": [c.wire() for c in conditions],
         }
-        await self._patch_status(meta, status)
-        self.picture.observe_vm({"metadata": meta, "status": status})
+        self.picture.observe_vm(await self._patch_status(meta, status))
         await self._label(body, placement.node)
         self.notify(body, "Normal", "Scheduled", summary)
         log.info("placed %s/%s: %s", meta["namespace"], meta["name"], summary)
@@ -190,14 +190,17 @@ class Scheduler:
             conditions = cond.remove_condition(conditions, cond.STALLED)
         if vm.status.phase is Phase.PENDING and cond.same(vm.status.conditions, conditions):
             return
-        await self._patch_status(vm.metadata, {"phase": Phase.PENDING.value, "conditions": [c.wire() for c in conditions]})
+        updated = await self._patch_status(vm.metadata, {"phase": Phase.PENDING.value, "conditions": [c.wire() for c in conditions]})
+        # Keep the written version, so the next pass compares against what is stored.
+        self.picture.observe_vm(updated)
         self.notify(body, "Warning", "FailedScheduling", no_fit.message)
 
-    async def _patch_status(self, meta: dict[str, Any], status: dict[str, Any]) -> None:
+    async def _patch_status(self, meta: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
         patch = {"metadata": {"resourceVersion": meta["resourceVersion"]}, "status": status}
-        await self.client.patch(
+        updated = await self.client.patch(
             QatVirtualMachineResource.Status, meta["name"], patch, namespace=meta["namespace"], patch_type=PatchType.MERGE
         )
+        return updated.to_dict()  # type: ignore[no-any-return]
 
     async def _label(self, body: dict[str, Any], node: str) -> None:
         meta = body["metadata"]
@@ -205,3 +208,20 @@ class Scheduler:
             QatVirtualMachineResource, meta["name"], {"metadata": {"labels": {NODE_LABEL: node}}},
             namespace=meta["namespace"], patch_type=PatchType.MERGE,
         )
+
+
+async def _retrying(step: Callable[[], Any], what: str, attempts: int | None = None) -> bool:
+    """Run `step` until it succeeds (or `attempts` run out); an API outage must not end the loop."""
+    tried = 0
+    while True:
+        try:
+            await step()
+            return True
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - logged in full, then retried
+            log.exception("%s failed; retrying", what)
+            tried += 1
+            await asyncio.sleep(1.0)
+            if attempts is not None and tried >= attempts:
+                return False

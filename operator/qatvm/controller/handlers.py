@@ -1,0 +1,63 @@
+"""kopf wiring for the controller: raw watch events in, calls on the Scheduler out.
+
+Only `on.event` handlers: they add no finalizer and store no progress, so the controller's
+only writes are the allocations and conditions the Scheduler makes on purpose.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from typing import Any
+
+import kopf
+
+from qatvm.api.vm import GROUP, PLURAL, VERSION
+from qatvm.controller.scheduler import Scheduler
+
+registry = kopf.OperatorRegistry()
+
+
+def _scheduler(memo: Any) -> Scheduler:
+    return memo.scheduler  # type: ignore[no-any-return]
+
+
+def _deleted(event: Any) -> bool:
+    return bool(event.get("type") == "DELETED")
+
+
+@kopf.on.startup(registry=registry)
+async def start(memo: Any, **_: Any) -> None:
+    memo.task = asyncio.create_task(_scheduler(memo).run(), name="scheduler")
+
+
+@kopf.on.cleanup(registry=registry)
+async def stop(memo: Any, **_: Any) -> None:
+    task: asyncio.Task[None] | None = getattr(memo, "task", None)
+    if task:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
+def vm_event(event: Any, body: kopf.Body, memo: Any, **_: Any) -> None:
+    _scheduler(memo).on_vm(_plain(body), _deleted(event))
+
+
+@kopf.on.event("", "v1", "nodes", registry=registry)
+def node_event(event: Any, body: kopf.Body, memo: Any, **_: Any) -> None:
+    _scheduler(memo).on_node(_plain(body), _deleted(event))
+
+
+@kopf.on.event(GROUP, VERSION, "qatnodes", registry=registry)
+def inventory_event(event: Any, body: kopf.Body, memo: Any, **_: Any) -> None:
+    _scheduler(memo).on_inventory(_plain(body), _deleted(event))
+
+
+def _plain(body: kopf.Body) -> dict[str, Any]:
+    # The scheduler keeps bodies past the handler; kopf's views may change under it.
+    return copy.deepcopy(dict(body))
+
+
+def notify(body: dict[str, Any], type_: str, reason: str, message: str) -> None:
+    kopf.event(body, type=type_, reason=reason, message=message[:1024])

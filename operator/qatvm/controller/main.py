@@ -1,0 +1,80 @@
+"""`qatvm controller`: the cluster-wide scheduler, one active replica elected by a Lease."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import socket
+import sys
+from pathlib import Path
+
+import kopf
+from lightkube import AsyncClient
+from lightkube.config.kubeconfig import KubeConfig
+
+from qatvm.controller import handlers
+from qatvm.controller.leader import LeaderElection
+from qatvm.controller.placement import Strategy
+from qatvm.controller.scheduler import Scheduler
+
+FIELD_MANAGER = "qatvm-controller"
+
+
+async def run(args: argparse.Namespace) -> int:
+    config = KubeConfig.from_file(str(args.kubeconfig)) if args.kubeconfig else KubeConfig.from_env()
+    client = AsyncClient(config=config, field_manager=FIELD_MANAGER)
+    election = LeaderElection(
+        client,
+        namespace=args.lease_namespace,
+        name=args.lease_name,
+        identity=args.identity,
+        lease_seconds=args.lease_seconds,
+        renew_seconds=max(1.0, args.lease_seconds / 3),
+    )
+    await election.acquire()
+    stop = asyncio.Event()
+    scheduler = Scheduler(client, notify=handlers.notify, strategy=Strategy(args.strategy))
+    operator = asyncio.create_task(
+        kopf.operator(
+            registry=handlers.registry,
+            clusterwide=True,
+            standalone=True,
+            stop_flag=stop,
+            memo=kopf.Memo(scheduler=scheduler),
+        ),
+        name="kopf",
+    )
+    holder = asyncio.create_task(election.hold(), name="lease")
+    done, _ = await asyncio.wait({operator, holder}, return_when=asyncio.FIRST_COMPLETED)
+    stop.set()
+    holder.cancel()
+    await asyncio.gather(operator, holder, return_exceptions=True)
+    if holder in done:
+        return 1  # leadership lost: exit, so the restart rejoins as a standby
+    await election.release()
+    await client.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="qatvm controller", description=__doc__)
+    parser.add_argument("--kubeconfig", type=Path, help="default: $KUBECONFIG, ~/.kube/config, or in-cluster")
+    parser.add_argument("--strategy", choices=[s.value for s in Strategy], default=Strategy.PACK.value,
+                        help="pack: fill the fullest node that fits; spread: the emptiest (default: %(default)s)")
+    parser.add_argument("--lease-namespace", default=os.environ.get("POD_NAMESPACE", "kube-system"))
+    parser.add_argument("--lease-name", default="qatvm-controller")
+    parser.add_argument("--lease-seconds", type=int, default=15)
+    parser.add_argument("--identity", default=f"{socket.gethostname()}-{os.getpid()}")
+    parser.add_argument("--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    if args.kubeconfig:
+        # kopf logs in through KUBECONFIG; both clients then talk to the same cluster as the same user.
+        os.environ["KUBECONFIG"] = str(args.kubeconfig)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
