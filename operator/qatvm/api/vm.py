@@ -10,9 +10,9 @@ import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
-from pydantic.alias_generators import to_camel
+from pydantic import Field
 
+from qatvm.api.base import ApiModel, ObjectRef
 from qatvm.api.quantity import parse_bytes
 
 GROUP = "qatvm.io"
@@ -20,15 +20,6 @@ VERSION = "v1alpha1"
 PLURAL = "qatvirtualmachines"
 KIND = "QatVirtualMachine"
 NODE_LABEL = "qatvm.io/node"
-
-
-class ApiModel(BaseModel):
-    """camelCase on the wire, snake_case in Python; unknown fields kept so nothing is lost."""
-
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
-
-    def wire(self) -> dict[str, Any]:
-        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
 class NumaPolicy(StrEnum):
@@ -112,14 +103,6 @@ class VmStatus(ApiModel):
 
     def condition(self, type_: str) -> Condition | None:
         return next((c for c in self.conditions if c.type == type_), None)
-
-
-class ObjectRef(ApiModel):
-    """Who a VF is allocated to: enough to find the VM and to tell a re-created one apart."""
-
-    namespace: str
-    name: str
-    uid: str
 
 
 class QatVirtualMachine(ApiModel):

@@ -1,0 +1,5 @@
+import sys
+
+from qatvm.hardware.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""What an agent does on its own node: find QAT VFs in sysfs and move them between drivers."""
