@@ -10,6 +10,10 @@ import sys
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "build": ("qatvm.controlplane.binaries", "build the control plane's Go binaries into the cache"),
     "local": ("qatvm.local.cluster", "run a local cluster: up, down, status"),
+    "controller": ("qatvm.controller.main", "run the scheduler (one active per cluster)"),
+    "agent": ("qatvm.agent.main", "run a node's agent: inventory, VF binding, libvirt domains"),
+    "inventory": ("qatvm.node.inventory_cli", "list this node's QAT VFs"),
+    "hardware": ("qatvm.hardware.cli", "write a simulated sysfs tree from a hardware profile"),
 }
 
 

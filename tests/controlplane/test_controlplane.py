@@ -23,7 +23,7 @@ def vm(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
         "apiVersion": "qatvm.io/v1alpha1",
         "kind": "QatVirtualMachine",
         "metadata": {"name": name, "namespace": namespace},
-        "spec": {"qat": {"count": 1}, **spec},
+        "spec": {"qat": {"count": 1}, "image": {"path": "/images/base.qcow2"}, **spec},
     }
 
 
@@ -38,6 +38,7 @@ def test_custom_resource_round_trip_applies_schema_defaults(kubectl: Kubectl, na
     stored = kubectl.json("get", "qvm", "round-trip", "-n", namespace)
     assert stored["spec"] == {
         "qat": {"count": 1, "numa": "prefer"},
+        "image": {"path": "/images/base.qcow2"},
         "memory": "512Mi",
         "running": True,
         "vcpus": 1,

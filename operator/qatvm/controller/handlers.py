@@ -58,6 +58,3 @@ def _plain(body: kopf.Body) -> dict[str, Any]:
     # The scheduler keeps bodies past the handler; kopf's views may change under it.
     return copy.deepcopy(dict(body))
 
-
-def notify(body: dict[str, Any], type_: str, reason: str, message: str) -> None:
-    kopf.event(body, type=type_, reason=reason, message=message[:1024])

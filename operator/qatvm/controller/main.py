@@ -18,6 +18,7 @@ from qatvm.controller import handlers
 from qatvm.controller.leader import LeaderElection
 from qatvm.controller.placement import Strategy
 from qatvm.controller.scheduler import Scheduler
+from qatvm.events import notify
 
 FIELD_MANAGER = "qatvm-controller"
 
@@ -35,7 +36,7 @@ async def run(args: argparse.Namespace) -> int:
     )
     await election.acquire()
     stop = asyncio.Event()
-    scheduler = Scheduler(client, notify=handlers.notify, strategy=Strategy(args.strategy))
+    scheduler = Scheduler(client, notify=notify, strategy=Strategy(args.strategy))
     operator = asyncio.create_task(
         kopf.operator(
             registry=handlers.registry,

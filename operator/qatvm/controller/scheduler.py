@@ -24,12 +24,10 @@ from qatvm.api import conditions as cond
 from qatvm.api.qatnode import QatNodeStatus
 from qatvm.api.vm import NODE_LABEL, AllocatedDevice, Phase, QatVirtualMachine
 from qatvm.controller.placement import NodeInventory, NoFit, Placement, Strategy, place
+from qatvm.events import Notify
 from qatvm.kube import QatNodeResource, QatVirtualMachineResource
 
 log = logging.getLogger(__name__)
-
-# (body, type, reason, message): posts a Kubernetes Event about the object.
-Notify = Callable[[dict[str, Any], str, str, str], None]
 
 
 @dataclass

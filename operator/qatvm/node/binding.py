@@ -152,6 +152,11 @@ class VfBinder:
             self._confirm(address, target)
         self._forget(address)
 
+    def held(self) -> list[str]:
+        """Addresses bound by qatvm and not given back yet, from the records on disk: after a
+        crash, the agent compares them with its VMs to find VFs left on vfio-pci with no owner."""
+        return sorted(path.name.removesuffix(".json") for path in self.state_dir.glob("*.json"))
+
     # --- steps -------------------------------------------------------------------------
 
     def _driver(self, address: str) -> str | None:

@@ -1,0 +1,87 @@
+"""kopf wiring for the agent: VM events in, calls on the NodeAgent out, status patches back.
+
+The agent sees only the VMs labelled for its node (a server-side label selector, set in
+`configure`), uses its own finalizer and annotation prefix so it never collides with the
+controller, and writes each outcome to status in one patch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import kopf
+
+from qatvm.agent import status as report
+from qatvm.agent.reconciler import AllocationMissing
+from qatvm.agent.service import NodeAgent
+from qatvm.api.vm import GROUP, NODE_LABEL, PLURAL, VERSION, QatVirtualMachine
+
+registry = kopf.OperatorRegistry()
+
+FINALIZER = "agent.qatvm.io/finalizer"
+PREFIX = "agent.qatvm.io"
+RETRY_SECONDS = 30
+
+
+def configure(settings: kopf.OperatorSettings, node: str) -> kopf.OperatorSettings:
+    settings.watching.label_selectors[GROUP, PLURAL] = f"{NODE_LABEL}={node}"
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=PREFIX, key="last-handled")
+    settings.posting.loggers = False
+    return settings
+
+
+def _agent(memo: Any) -> NodeAgent:
+    return memo.agent  # type: ignore[no-any-return]
+
+
+@kopf.on.startup(registry=registry)
+async def start(memo: Any, **_: Any) -> None:
+    agent = _agent(memo)
+    for line in await agent.recover():
+        kopf.info({"apiVersion": "v1", "kind": "Node", "metadata": {"name": agent.config.node}}, reason="Recovered", message=line)
+    await agent.refresh_inventory()
+    memo.inventory_task = asyncio.create_task(agent.watch_inventory(), name="inventory")
+
+
+@kopf.on.cleanup(registry=registry)
+async def stop(memo: Any, **_: Any) -> None:
+    task: asyncio.Task[None] | None = getattr(memo, "inventory_task", None)
+    if task:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
+def observe(event: Any, body: kopf.Body, memo: Any, **_: Any) -> None:
+    _agent(memo).observe(dict(body), event.get("type") == "DELETED")
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry)
+@kopf.on.create(GROUP, VERSION, PLURAL, registry=registry)
+@kopf.on.update(GROUP, VERSION, PLURAL, field="spec", registry=registry)
+async def reconcile(body: kopf.Body, patch: kopf.Patch, memo: Any, **_: Any) -> None:
+    vm = QatVirtualMachine.model_validate(dict(body))
+    agent = _agent(memo)
+    try:
+        outcome = await agent.apply(vm)
+    except AllocationMissing as error:
+        raise kopf.TemporaryError(str(error), delay=5) from error
+    except Exception as error:  # noqa: BLE001 - reported on the object, then retried
+        patch.status.update(report.after_failure(vm, error))
+        kopf.warn(dict(body), reason="Failed", message=str(error)[:1024])
+        raise kopf.TemporaryError(str(error), delay=RETRY_SECONDS) from error
+    patch.status.update(report.after_apply(vm, outcome))
+    kopf.info(dict(body), reason=outcome.phase.value, message=outcome.message)
+    await agent.refresh_inventory()
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry)
+async def remove(body: kopf.Body, memo: Any, **_: Any) -> None:
+    vm = QatVirtualMachine.model_validate(dict(body))
+    agent = _agent(memo)
+    await agent.remove(vm)
+    kopf.info(dict(body), reason="Removed", message="domain removed and VFs given back")
+    await agent.refresh_inventory()

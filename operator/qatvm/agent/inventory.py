@@ -1,0 +1,82 @@
+"""Publish a node's VFs: the QatNode status and the `qatvm.io/vf` resource on the Node.
+
+Both are written only when they change, so an idle node costs the API server nothing but reads
+of its own sysfs.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from lightkube import AsyncClient
+from lightkube.core.exceptions import ApiError
+from lightkube.resources.core_v1 import Node
+from lightkube.types import PatchType
+
+from qatvm.agent.config import AgentConfig
+from qatvm.api.base import ObjectRef
+from qatvm.api.qatnode import QatNodeStatus
+from qatvm.kube import QatNodeResource
+from qatvm.node.discovery import discover
+from qatvm.node.sysfs import Sysfs
+
+log = logging.getLogger(__name__)
+
+EXTENDED_RESOURCE = "qatvm.io/vf"
+
+
+def scan(config: AgentConfig, sysfs: Sysfs, holders: dict[str, ObjectRef]) -> QatNodeStatus:
+    """The node's VFs as sysfs shows them now, each marked with the VM that holds it."""
+    vfs = [
+        vf.model_copy(update={"allocated_to": holders.get(vf.pci_address)})
+        for vf in discover(sysfs, config.extra_vf_ids).vfs
+    ]
+    return QatNodeStatus(vfs=vfs)
+
+
+def managed_count(status: QatNodeStatus) -> int:
+    """What the Node advertises: healthy VFs a VM may have (allocated ones included)."""
+    return sum(vf.healthy and vf.assignable for vf in status.vfs)
+
+
+class InventoryPublisher:
+    def __init__(self, config: AgentConfig, client: AsyncClient) -> None:
+        self.config = config
+        self.client = client
+        self.published: dict[str, Any] | None = None
+        self.advertised: int | None = None
+
+    async def publish(self, status: QatNodeStatus) -> bool:
+        """Write what changed; True when anything was written."""
+        wire = status.model_dump(by_alias=True, mode="json")
+        wrote = False
+        if wire != self.published:
+            await self._ensure_object()
+            await self.client.patch(
+                QatNodeResource.Status, self.config.node, {"status": wire}, patch_type=PatchType.MERGE
+            )
+            self.published = wire
+            wrote = True
+        count = managed_count(status)
+        if count != self.advertised:
+            quantity = str(count)
+            await self.client.patch(
+                Node.Status,
+                self.config.node,
+                {"status": {"capacity": {EXTENDED_RESOURCE: quantity}, "allocatable": {EXTENDED_RESOURCE: quantity}}},
+                patch_type=PatchType.MERGE,
+            )
+            self.advertised = count
+            wrote = True
+        return wrote
+
+    async def _ensure_object(self) -> None:
+        if self.published is not None:
+            return
+        try:
+            await self.client.create(QatNodeResource(metadata={"name": self.config.node}, spec={}))  # type: ignore[call-arg]
+            log.info("created QatNode %s", self.config.node)
+        except ApiError as error:
+            if error.status.code != 409:
+                raise

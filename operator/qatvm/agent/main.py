@@ -1,0 +1,77 @@
+"""`qatvm agent --node NAME`: one per node (a DaemonSet), or one per simulated node locally."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+
+import kopf
+from lightkube import AsyncClient
+from lightkube.config.kubeconfig import KubeConfig
+
+from qatvm.agent import handlers
+from qatvm.agent.config import AgentConfig
+from qatvm.agent.service import NodeAgent
+from qatvm.domain.spec import CpuMode, VirtType
+from qatvm.events import notify
+from qatvm.node.devices import ExtraVfId
+
+
+def parse(argv: list[str] | None) -> tuple[argparse.Namespace, AgentConfig]:
+    parser = argparse.ArgumentParser(prog="qatvm agent", description=__doc__)
+    parser.add_argument("--node", default=os.environ.get("NODE_NAME"), help="this node's name (default: $NODE_NAME)")
+    parser.add_argument("--kubeconfig", type=Path, help="default: $KUBECONFIG, ~/.kube/config, or in-cluster")
+    parser.add_argument("--host-root", type=Path, default=Path("/"),
+                        help="the node's root filesystem: image paths, sys/ and var/lib/qatvm/ are under it")
+    parser.add_argument("--sysfs-root", type=Path, help="default: HOST_ROOT/sys")
+    parser.add_argument("--libvirt-uri", default="qemu:///system")
+    parser.add_argument("--virt-type", choices=[v.value for v in VirtType], default=VirtType.KVM.value)
+    parser.add_argument("--cpu-mode", choices=[c.value for c in CpuMode], default=CpuMode.HOST_PASSTHROUGH.value)
+    parser.add_argument("--extra-vf-ids", default="", metavar="VVVV:DDDD[=NAME],...",
+                        help="more VF device IDs to manage (an emulated SR-IOV device, a new QAT part)")
+    parser.add_argument("--scan-seconds", type=float, default=5.0, help="how often sysfs is rescanned")
+    parser.add_argument("--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    if not args.node:
+        parser.error("--node (or $NODE_NAME) is required")
+    config = AgentConfig(
+        node=args.node,
+        host_root=args.host_root,
+        sysfs_root=args.sysfs_root,
+        libvirt_uri=args.libvirt_uri,
+        virt_type=VirtType(args.virt_type),
+        cpu_mode=CpuMode(args.cpu_mode),
+        extra_vf_ids=tuple(ExtraVfId.parse_list(args.extra_vf_ids)),
+        scan_seconds=args.scan_seconds,
+    )
+    return args, config
+
+
+async def run(args: argparse.Namespace, config: AgentConfig) -> None:
+    kubeconfig = KubeConfig.from_file(str(args.kubeconfig)) if args.kubeconfig else KubeConfig.from_env()
+    client = AsyncClient(config=kubeconfig, field_manager=f"qatvm-agent-{config.node}")
+    agent = NodeAgent(config, client, notify)
+    await kopf.operator(
+        registry=handlers.registry,
+        settings=handlers.configure(kopf.OperatorSettings(), config.node),
+        clusterwide=True,
+        standalone=True,
+        memo=kopf.Memo(agent=agent),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, config = parse(argv)
+    if args.kubeconfig:
+        os.environ["KUBECONFIG"] = str(args.kubeconfig)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(run(args, config))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
