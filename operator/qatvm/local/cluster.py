@@ -24,7 +24,7 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def up(state_dir: Path, nodes: int) -> int:
+def up(state_dir: Path, nodes: int, hardware: Path | None) -> int:
     state = ClusterState.load(state_dir)
     if state and state.running():
         _say(f"the local cluster in {state_dir} is already running (supervisor pid {state.supervisor_pid})")
@@ -37,7 +37,10 @@ def up(state_dir: Path, nodes: int) -> int:
     ClusterState.path(state_dir).unlink(missing_ok=True)
     supervisor = ManagedProcess(
         "supervisor",
-        [sys.executable, "-m", "qatvm.local.supervisor", "--state-dir", state_dir, "--nodes", nodes],
+        [
+            sys.executable, "-m", "qatvm.local.supervisor", "--state-dir", state_dir, "--nodes", nodes,
+            *(["--hardware", hardware.resolve()] if hardware else []),
+        ],
         state_dir / "logs" / "supervisor.log",
         env=_child_env(),
         # The cluster must outlive this command; `local down` stops it.
@@ -143,13 +146,18 @@ def main(argv: list[str] | None = None) -> int:
         )
         if name == "up":
             sub.add_argument("--nodes", type=int, default=2, help="simulated nodes (default: %(default)s)")
+            sub.add_argument(
+                "--hardware", type=Path,
+                help="hardware profile (YAML) for each simulated node; default: two 4xxx PFs, "
+                "8 VFs each, on NUMA nodes 0 (sym;asym) and 1 (dc); see `qatvm hardware --print-default-profile`",
+            )
         if name == "down":
             sub.add_argument("--purge", action="store_true", help="also delete the state dir")
     args = parser.parse_args(argv)
     state_dir = args.state_dir.resolve()
     try:
         if args.command == "up":
-            return up(state_dir, args.nodes)
+            return up(state_dir, args.nodes, args.hardware)
         if args.command == "down":
             return down(state_dir, args.purge)
         return status(state_dir)

@@ -1,8 +1,9 @@
-"""The process behind `qatvm local up`: owns the control plane and the simulated nodes.
+"""The process behind `qatvm local up`: owns the control plane, the controller and the agents.
 
 It runs detached from the terminal, so the cluster outlives the command that started it. Every
 component it starts dies with it (the kernel kills them if it is killed), so `local down`, which
-stops only this process, leaves nothing running.
+stops only this process, leaves nothing running. A controller or agent that exits is restarted,
+as a Deployment or DaemonSet would restart it; that is also how crash tests recover.
 """
 
 from __future__ import annotations
@@ -19,11 +20,17 @@ from lightkube import Client
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Node
 
-from qatvm.controlplane.server import ControlPlane
-from qatvm.kube import apply_crds, client
+from qatvm.controlplane.server import ControlPlane, Endpoints
+from qatvm.hardware import DEFAULT_PROFILE, HardwareProfile, load_profile
+from qatvm.kube import QatNodeResource, apply_crds, client
+from qatvm.local.credentials import AGENT_SA, CONTROLLER_SA, NAMESPACE, apply_rbac, service_account_kubeconfig
+from qatvm.local.nodes import SimulatedNode
 from qatvm.local.state import ClusterState
+from qatvm.processes import ManagedProcess
 
 SIMULATED_LABEL = "qatvm.io/simulated"
+INVENTORY_TIMEOUT = 60.0
+RESTART_BACKOFF = 1.0
 
 
 def node_names(count: int) -> list[str]:
@@ -43,58 +50,125 @@ def register_nodes(kube: Client, names: list[str]) -> None:
 
 
 class Supervisor:
-    def __init__(self, state_dir: Path, nodes: int) -> None:
+    def __init__(self, state_dir: Path, nodes: int, profile: HardwareProfile) -> None:
         self.state_dir = state_dir
-        self.nodes = node_names(nodes)
+        self.nodes = [SimulatedNode(name, state_dir / "nodes" / name) for name in node_names(nodes)]
+        self.profile = profile
         self.control_plane = ControlPlane(state_dir)
+        self.operators: list[ManagedProcess] = []
         self.stopping = threading.Event()
+        self.state = ClusterState(supervisor_pid=os.getpid(), nodes=[n.name for n in self.nodes])
 
     def run(self) -> int:
         started = time.monotonic()
-        state = ClusterState(supervisor_pid=os.getpid(), nodes=self.nodes)
-        state.save(self.state_dir)
+        self.state.save(self.state_dir)
         try:
             endpoints = self.control_plane.start()
             kube = client(endpoints.kubeconfig)
             apply_crds(kube)
-            register_nodes(kube, self.nodes)
-            for name in self.nodes:
-                (self.state_dir / "nodes" / name).mkdir(parents=True, exist_ok=True)
+            register_nodes(kube, [n.name for n in self.nodes])
+            apply_rbac(kube)
+            self._start_operators(kube, endpoints)
+            self._wait_for_inventories(kube)
         except Exception as error:  # the reason goes to `local up`, which prints it
-            state.error = f"{type(error).__name__}: {error}"
-            state.save(self.state_dir)
-            self.control_plane.stop()
+            self.state.error = f"{type(error).__name__}: {error}"
+            self.state.save(self.state_dir)
+            self._stop_all()
             return 1
-        state.ready = True
-        state.server = endpoints.server
-        state.kubeconfig = str(endpoints.kubeconfig)
-        state.kubectl_dir = str(endpoints.kubectl.parent)
-        state.components = endpoints.pids
-        state.startup_seconds = round(time.monotonic() - started, 2)
-        state.save(self.state_dir)
-        print(f"local cluster ready in {state.startup_seconds}s at {endpoints.server}", flush=True)
+        self.state.ready = True
+        self.state.server = endpoints.server
+        self.state.kubeconfig = str(endpoints.kubeconfig)
+        self.state.kubectl_dir = str(endpoints.kubectl.parent)
+        self.state.startup_seconds = round(time.monotonic() - started, 2)
+        self._record_pids()
+        print(f"local cluster ready in {self.state.startup_seconds}s at {endpoints.server}", flush=True)
         try:
             return self._watch()
         finally:
-            self.control_plane.stop()
+            self._stop_all()
             ClusterState.path(self.state_dir).unlink(missing_ok=True)
             print("local cluster stopped", flush=True)
 
+    def _start_operators(self, kube: Client, endpoints: Endpoints) -> None:
+        python = [sys.executable, "-m", "qatvm"]
+        logs = self.state_dir / "logs"
+        controller_config = service_account_kubeconfig(
+            kube, self.state_dir / "controller.kubeconfig", endpoints.server, self.control_plane.ca_file, CONTROLLER_SA
+        )
+        self.operators.append(
+            ManagedProcess(
+                "controller",
+                [*python, "controller", "--kubeconfig", controller_config, "--lease-namespace", NAMESPACE],
+                logs / "controller.log",
+            )
+        )
+        for node in self.nodes:
+            node.prepare(self.profile)
+            service_account_kubeconfig(
+                kube, node.kubeconfig, endpoints.server, self.control_plane.ca_file, AGENT_SA, bound_node=node.name
+            )
+            self.operators.append(
+                ManagedProcess(
+                    f"agent-{node.name}",
+                    [
+                        *python, "agent", "--node", node.name, "--kubeconfig", node.kubeconfig,
+                        "--host-root", node.root, "--libvirt-uri", node.libvirt_uri, "--scan-seconds", "2",
+                    ],
+                    logs / f"agent-{node.name}.log",
+                )
+            )
+        for process in self.operators:
+            process.start()
+
+    def _wait_for_inventories(self, kube: Client) -> None:
+        """Ready means usable: every agent has published its node's VFs."""
+        deadline = time.monotonic() + INVENTORY_TIMEOUT
+        waiting = {n.name for n in self.nodes}
+        while waiting:
+            waiting -= {item.metadata.name for item in kube.list(QatNodeResource) if item.to_dict().get("status")}
+            crashed = [p for p in self.operators if not p.alive()]
+            if crashed:
+                raise RuntimeError(f"{crashed[0].name} exited during start-up:\n{crashed[0].log_tail()}")
+            if waiting and time.monotonic() > deadline:
+                raise TimeoutError(f"no inventory from {', '.join(sorted(waiting))} after {INVENTORY_TIMEOUT:.0f}s")
+            time.sleep(0.2)
+
+    def _record_pids(self) -> None:
+        self.state.components = {
+            **self.control_plane.endpoints().pids,
+            **{p.name: p.pid for p in self.operators if p.pid is not None},
+        }
+        self.state.save(self.state_dir)
+
     def _watch(self) -> int:
-        while not self.stopping.wait(1.0):
+        while not self.stopping.wait(RESTART_BACKOFF):
             dead = self.control_plane.exited()
             if dead:
                 print(f"control plane component exited: {', '.join(dead)}; stopping", flush=True)
                 return 1
+            restarted = [p for p in self.operators if not p.alive()]
+            for process in restarted:
+                print(f"{process.name} exited with code {process.exit_code()}; restarting", flush=True)
+                process.start()
+            if restarted:
+                self._record_pids()
         return 0
+
+    def _stop_all(self) -> None:
+        # Operators first, so none of them sees the API server go away under it.
+        for process in reversed(self.operators):
+            process.stop()
+        self.control_plane.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="qatvm local supervise")
     parser.add_argument("--state-dir", type=Path, required=True)
     parser.add_argument("--nodes", type=int, default=2)
+    parser.add_argument("--hardware", type=Path, help="hardware profile (YAML) for every simulated node")
     args = parser.parse_args(argv)
-    supervisor = Supervisor(args.state_dir, args.nodes)
+    profile = load_profile(args.hardware) if args.hardware else DEFAULT_PROFILE
+    supervisor = Supervisor(args.state_dir, args.nodes, profile)
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, lambda *_: supervisor.stopping.set())
     return supervisor.run()
