@@ -1,0 +1,100 @@
+"""Real-kernel fixtures: one guest with the IOMMU on for the whole session, one with it off.
+
+Each guest boots once (software emulation makes a boot cost ~10 s), its VFs are enabled once,
+and the modules the tests use are imported once into its agent, so a test's snippet runs in a
+fork in well under a second. Tests leave the VFs as they found them: on nvme, no override.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from guest_node import Node
+from qatvm.testbed.guest import Guest
+from qatvm.testbed.guest_image import GuestImage, build
+
+HERE = Path(__file__).resolve().parent
+TIMINGS = pytest.StashKey[dict[str, float]]()
+# What the snippets use; importing it in the agent once is what keeps each snippet fast.
+PRELOAD = (
+    "qatvm.node.binding",
+    "qatvm.node.discovery",
+    "qatvm.node.sysfs",
+    "qatvm.testbed.nvme_sriov",
+    "kernel_reactions",
+)
+PRELOAD_LIBVIRT = ("libvirt", "qatvm.domain", "qatvm.hypervisor", "qatvm.testbed.guest_libvirt")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    timings = config.stash.get(TIMINGS, {})
+    if timings:
+        terminalreporter.section("real-kernel guest timings")
+        for what, seconds in timings.items():
+            terminalreporter.write_line(f"{what:<40} {seconds:6.1f} s")
+
+
+@pytest.fixture(scope="session")
+def timings(pytestconfig: pytest.Config) -> dict[str, float]:
+    return pytestconfig.stash.setdefault(TIMINGS, {})
+
+
+@pytest.fixture(scope="session")
+def guest_image(pytestconfig: pytest.Config, timings: dict[str, float]) -> GuestImage:
+    missing = [tool for tool in ("qemu-system-x86_64", "apt-get", "dpkg-deb", "depmod") if shutil.which(tool) is None]
+    assert not missing, f"the real-kernel tests need {', '.join(missing)} (Debian: qemu-system-x86, apt, dpkg, kmod)"
+    reporter = pytestconfig.pluginmanager.getplugin("terminalreporter")
+    started = time.monotonic()
+    image = build(lambda line: reporter.write_line(f"[guest image] {line}") if reporter else None)
+    timings["guest image (build or cache hit)"] = time.monotonic() - started
+    return image
+
+
+def boot(image: GuestImage, workdir: Path, timings: dict[str, float], label: str, iommu: bool, *preload: str) -> Node:
+    guest = Guest(image, workdir, iommu=iommu)
+    guest.start()
+    timings[f"{label}: boot to agent"] = guest.boot_seconds
+    started = time.monotonic()
+    guest.preload(*preload, path=HERE)
+    pf, vfs = guest.enable_vfs()
+    timings[f"{label}: imports + VFs"] = time.monotonic() - started
+    return Node(guest, pf, vfs)
+
+
+@pytest.fixture(scope="session")
+def node(guest_image: GuestImage, tmp_path_factory: pytest.TempPathFactory, timings: dict[str, float]) -> Iterator[Node]:
+    """The guest booted with intel_iommu=on."""
+    started = time.monotonic()
+    booted = boot(guest_image, tmp_path_factory.mktemp("guest"), timings, "IOMMU on", True, *PRELOAD, *PRELOAD_LIBVIRT)
+    try:
+        yield booted
+    finally:
+        booted.guest.close()
+        timings["IOMMU on: guest's whole life"] = time.monotonic() - started
+
+
+@pytest.fixture(scope="session")
+def node_without_iommu(
+    guest_image: GuestImage, tmp_path_factory: pytest.TempPathFactory, timings: dict[str, float]
+) -> Iterator[Node]:
+    """The same guest booted without intel_iommu=on: the IOMMU is there but the kernel leaves it off."""
+    started = time.monotonic()
+    booted = boot(guest_image, tmp_path_factory.mktemp("guest-noiommu"), timings, "IOMMU off", False, *PRELOAD)
+    try:
+        yield booted
+    finally:
+        booted.guest.close()
+        timings["IOMMU off: guest's whole life"] = time.monotonic() - started
+
+
+@pytest.fixture(scope="session")
+def libvirtd(node: Node, timings: dict[str, float]) -> str:
+    """libvirtd running in the IOMMU-on guest; returns its URI."""
+    started = time.monotonic()
+    node.py("from qatvm.testbed import guest_libvirt\nguest_libvirt.start()")
+    timings["libvirtd start"] = time.monotonic() - started
+    return "qemu:///system"
