@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 from lightkube import Client
 from lightkube.codecs import load_all_yaml
 from lightkube.config.kubeconfig import KubeConfig
-from lightkube.generic_resource import create_global_resource, create_namespaced_resource
+from lightkube.generic_resource import (
+    create_global_resource,
+    create_namespaced_resource,
+    create_resources_from_crd,
+    get_generic_resource,
+)
 from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
 
 from qatvm.api.vm import GROUP, VERSION
@@ -33,22 +39,31 @@ def crd_dir() -> Path:
 
 
 def apply_crds(kube: Client, directory: Path | None = None, timeout: float = 30.0) -> list[str]:
-    """Server-side apply every CRD in `directory` and wait until the API server serves them."""
-    names = []
-    for path in sorted((directory or crd_dir()).glob("*.yaml")):
-        for crd in load_all_yaml(path.read_text()):
-            kube.apply(crd, force=True)
-            names.append(crd.metadata.name)
+    """Server-side apply every CRD in `directory`; return once each one's objects can be listed.
+
+    `Established` comes before the API server's watch cache for the new resource is filled, and
+    a LIST in between fails with "storage is (re)initializing": callers must not see that.
+    """
+    crds = [crd for path in sorted((directory or crd_dir()).glob("*.yaml")) for crd in load_all_yaml(path.read_text())]
+    for crd in crds:
+        kube.apply(crd, force=True)
     deadline = time.monotonic() + timeout
-    pending = set(names)
-    while pending:
-        for name in list(pending):
-            status = kube.get(CustomResourceDefinition, name).status
-            conditions = (status.conditions if status else None) or []
-            if any(c.type == "Established" and c.status == "True" for c in conditions):
-                pending.discard(name)
-        if pending and time.monotonic() > deadline:
-            raise TimeoutError(f"CRDs not established after {timeout:.0f}s: {', '.join(sorted(pending))}")
-        if pending:
-            time.sleep(0.1)
-    return names
+    for crd in crds:
+        version = next(v.name for v in crd.spec.versions if v.served)
+        resource = get_generic_resource(f"{crd.spec.group}/{version}", crd.spec.names.kind) or _register(crd)
+        while True:
+            try:
+                for _ in kube.list(resource, chunk_size=1):
+                    break
+                break
+            except Exception as error:  # noqa: BLE001 - 404 then 503 while the resource comes up
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"CRD {crd.metadata.name} not served after {timeout:.0f}s: {error}") from error
+                time.sleep(0.1)
+    return [crd.metadata.name for crd in crds]
+
+
+def _register(crd: CustomResourceDefinition) -> Any:
+    create_resources_from_crd(crd)
+    version = next(v.name for v in crd.spec.versions if v.served)
+    return get_generic_resource(f"{crd.spec.group}/{version}", crd.spec.names.kind)

@@ -12,12 +12,14 @@ from typing import Any
 
 import kopf
 
+from qatvm.login import register_login
 from qatvm.agent import status as report
 from qatvm.agent.reconciler import AllocationMissing
 from qatvm.agent.service import NodeAgent
 from qatvm.api.vm import GROUP, NODE_LABEL, PLURAL, VERSION, QatVirtualMachine
 
 registry = kopf.OperatorRegistry()
+register_login(registry)
 
 FINALIZER = "agent.qatvm.io/finalizer"
 PREFIX = "agent.qatvm.io"
@@ -40,8 +42,9 @@ def _agent(memo: Any) -> NodeAgent:
 @kopf.on.startup(registry=registry)
 async def start(memo: Any, **_: Any) -> None:
     agent = _agent(memo)
+    node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": agent.config.node}}
     for line in await agent.recover():
-        kopf.info({"apiVersion": "v1", "kind": "Node", "metadata": {"name": agent.config.node}}, reason="Recovered", message=line)
+        await agent.events.post(node, "Normal", "Recovered", line)
     await agent.refresh_inventory()
     memo.inventory_task = asyncio.create_task(agent.watch_inventory(), name="inventory")
 
@@ -71,10 +74,10 @@ async def reconcile(body: kopf.Body, patch: kopf.Patch, memo: Any, **_: Any) -> 
         raise kopf.TemporaryError(str(error), delay=5) from error
     except Exception as error:  # noqa: BLE001 - reported on the object, then retried
         patch.status.update(report.after_failure(vm, error))
-        kopf.warn(dict(body), reason="Failed", message=str(error)[:1024])
+        await agent.events.post(dict(body), "Warning", "Failed", str(error))
         raise kopf.TemporaryError(str(error), delay=RETRY_SECONDS) from error
     patch.status.update(report.after_apply(vm, outcome))
-    kopf.info(dict(body), reason=outcome.phase.value, message=outcome.message)
+    await agent.events.post(dict(body), "Normal", outcome.phase.value, outcome.message)
     await agent.refresh_inventory()
 
 
@@ -83,5 +86,5 @@ async def remove(body: kopf.Body, memo: Any, **_: Any) -> None:
     vm = QatVirtualMachine.model_validate(dict(body))
     agent = _agent(memo)
     await agent.remove(vm)
-    kopf.info(dict(body), reason="Removed", message="domain removed and VFs given back")
+    await agent.events.post(dict(body), "Normal", "Removed", "domain removed and VFs given back")
     await agent.refresh_inventory()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 from pathlib import Path
@@ -17,7 +16,7 @@ from qatvm.agent import handlers
 from qatvm.agent.config import AgentConfig
 from qatvm.agent.service import NodeAgent
 from qatvm.domain.spec import CpuMode, VirtType
-from qatvm.events import notify
+from qatvm import logs
 from qatvm.node.devices import ExtraVfId
 
 
@@ -54,7 +53,7 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, AgentConfig]:
 async def run(args: argparse.Namespace, config: AgentConfig) -> None:
     kubeconfig = KubeConfig.from_file(str(args.kubeconfig)) if args.kubeconfig else KubeConfig.from_env()
     client = AsyncClient(config=kubeconfig, field_manager=f"qatvm-agent-{config.node}")
-    agent = NodeAgent(config, client, notify)
+    agent = NodeAgent(config, client)
     await kopf.operator(
         registry=handlers.registry,
         settings=handlers.configure(kopf.OperatorSettings(), config.node),
@@ -68,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     args, config = parse(argv)
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = str(args.kubeconfig)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.setup(args.verbose)
     asyncio.run(run(args, config))
     return 0
 

@@ -21,7 +21,7 @@ from qatvm.api.base import ObjectRef
 from qatvm.api.qatnode import QatNodeStatus
 from qatvm.api.vm import NODE_LABEL, QatVirtualMachine
 from qatvm.hypervisor import open_hypervisor
-from qatvm.events import Notify
+from qatvm.events import EventRecorder
 from qatvm.kube import QatVirtualMachineResource
 from qatvm.node.binding import VfBinder
 from qatvm.node.sysfs import open_sysfs
@@ -30,10 +30,10 @@ log = logging.getLogger(__name__)
 
 
 class NodeAgent:
-    def __init__(self, config: AgentConfig, client: AsyncClient, notify: Notify) -> None:
+    def __init__(self, config: AgentConfig, client: AsyncClient) -> None:
         self.config = config
         self.client = client
-        self.notify = notify
+        self.events = EventRecorder(client, f"qatvm-agent/{config.node}")
         self.sysfs = open_sysfs(config.sysfs)
         self.reconciler = VmReconciler(
             config,
@@ -113,5 +113,5 @@ class NodeAgent:
             self.observe(updated.to_dict(), deleted=False)
             healthy = not missing and not unhealthy
             message = change["conditions"][-1]["message"] if not healthy else "every VF is present and healthy again"
-            self.notify(vm.model_dump(by_alias=True, mode="json"), "Normal" if healthy else "Warning",
+            await self.events.post(vm.model_dump(by_alias=True, mode="json"), "Normal" if healthy else "Warning",
                         "DevicesHealthy" if healthy else "DeviceFailure", message)

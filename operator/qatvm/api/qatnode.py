@@ -12,15 +12,15 @@ BDF_PATTERN = r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$"
 class QatVf(ApiModel):
     pci_address: str = Field(pattern=BDF_PATTERN)
     # None inside a VM, where the VF is seen without its PF.
-    pf_address: str | None = Field(pattern=BDF_PATTERN)
+    pf_address: str | None = Field(default=None, pattern=BDF_PATTERN)
     device_id: str = Field(pattern=r"^[0-9a-f]{4}$")
     generation: str
     # The PF's qat/cfg_services (gen4+); None where the generation has fixed services.
-    services: list[str] | None
-    numa_node: int | None = Field(ge=0)
+    services: list[str] | None = None
+    numa_node: int | None = Field(default=None, ge=0)
     # None only when the kernel runs without an IOMMU, and then the VF is not assignable.
-    iommu_group: int | None = Field(ge=0)
-    driver: str | None
+    iommu_group: int | None = Field(default=None, ge=0)
+    driver: str | None = None
     healthy: bool
     assignable: bool
     # Why the VF is unhealthy or not assignable, in words an admin can act on.

@@ -48,7 +48,7 @@ class VmSpec(ApiModel):
     vcpus: int = 1
     memory: str = "1Gi"
     qat: QatRequest
-    image: Image | None = None
+    image: Image
     cloud_init: CloudInit | None = None
     node_selector: dict[str, str] = Field(default_factory=dict)
 

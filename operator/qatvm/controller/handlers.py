@@ -12,10 +12,12 @@ from typing import Any
 
 import kopf
 
+from qatvm.login import register_login
 from qatvm.api.vm import GROUP, PLURAL, VERSION
 from qatvm.controller.scheduler import Scheduler
 
 registry = kopf.OperatorRegistry()
+register_login(registry)
 
 
 def _scheduler(memo: Any) -> Scheduler:

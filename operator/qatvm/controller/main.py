@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import socket
 import sys
@@ -18,7 +17,7 @@ from qatvm.controller import handlers
 from qatvm.controller.leader import LeaderElection
 from qatvm.controller.placement import Strategy
 from qatvm.controller.scheduler import Scheduler
-from qatvm.events import notify
+from qatvm import logs
 
 FIELD_MANAGER = "qatvm-controller"
 
@@ -36,7 +35,7 @@ async def run(args: argparse.Namespace) -> int:
     )
     await election.acquire()
     stop = asyncio.Event()
-    scheduler = Scheduler(client, notify=notify, strategy=Strategy(args.strategy))
+    scheduler = Scheduler(client, strategy=Strategy(args.strategy))
     operator = asyncio.create_task(
         kopf.operator(
             registry=handlers.registry,
@@ -73,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.kubeconfig:
         # kopf logs in through KUBECONFIG; both clients then talk to the same cluster as the same user.
         os.environ["KUBECONFIG"] = str(args.kubeconfig)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.setup(args.verbose)
     return asyncio.run(run(args))
 
 

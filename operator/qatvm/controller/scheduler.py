@@ -24,7 +24,7 @@ from qatvm.api import conditions as cond
 from qatvm.api.qatnode import QatNodeStatus
 from qatvm.api.vm import NODE_LABEL, AllocatedDevice, Phase, QatVirtualMachine
 from qatvm.controller.placement import NodeInventory, NoFit, Placement, Strategy, place
-from qatvm.events import Notify
+from qatvm.events import EventRecorder
 from qatvm.kube import QatNodeResource, QatVirtualMachineResource
 
 log = logging.getLogger(__name__)
@@ -84,9 +84,9 @@ class ClusterPicture:
 
 
 class Scheduler:
-    def __init__(self, client: AsyncClient, notify: Notify, strategy: Strategy = Strategy.PACK) -> None:
+    def __init__(self, client: AsyncClient, strategy: Strategy = Strategy.PACK) -> None:
         self.client = client
-        self.notify = notify
+        self.events = EventRecorder(client, "qatvm-controller")
         self.strategy = strategy
         self.picture = ClusterPicture()
         self.wake = asyncio.Event()
@@ -173,7 +173,7 @@ class Scheduler:
         }
         self.picture.observe_vm(await self._patch_status(meta, status))
         await self._label(body, placement.node)
-        self.notify(body, "Normal", "Scheduled", summary)
+        await self.events.post(body, "Normal", "Scheduled", summary)
         log.info("placed %s/%s: %s", meta["namespace"], meta["name"], summary)
 
     async def _report_no_fit(self, body: dict[str, Any], vm: QatVirtualMachine, no_fit: NoFit) -> None:
@@ -191,7 +191,7 @@ class Scheduler:
         updated = await self._patch_status(vm.metadata, {"phase": Phase.PENDING.value, "conditions": [c.wire() for c in conditions]})
         # Keep the written version, so the next pass compares against what is stored.
         self.picture.observe_vm(updated)
-        self.notify(body, "Warning", "FailedScheduling", no_fit.message)
+        await self.events.post(body, "Warning", "FailedScheduling", no_fit.message)
 
     async def _patch_status(self, meta: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
         patch = {"metadata": {"resourceVersion": meta["resourceVersion"]}, "status": status}

@@ -13,6 +13,7 @@ from pathlib import Path
 from lightkube import Client
 from lightkube.codecs import load_all_yaml
 from lightkube.models.authentication_v1 import BoundObjectReference, TokenRequestSpec
+from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import ServiceAccount
 
 from qatvm.controlplane.kubeconfig import write_kubeconfig
@@ -36,7 +37,7 @@ def _token(kube: Client, account: str, bound_node: str | None = None) -> str:
     spec = TokenRequestSpec(audiences=[], expirationSeconds=TOKEN_SECONDS)
     if bound_node:
         spec.boundObjectRef = BoundObjectReference(apiVersion="v1", kind="Node", name=bound_node)
-    request = ServiceAccount.Token(spec=spec)
+    request = ServiceAccount.Token(metadata=ObjectMeta(name=account, namespace=NAMESPACE), spec=spec)
     issued = kube.create(request, account, namespace=NAMESPACE)
     assert issued.status is not None
     return str(issued.status.token)
