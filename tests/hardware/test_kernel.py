@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import threading
 from collections.abc import Callable
 
@@ -83,6 +84,31 @@ def test_driver_override_reads_null_and_clears_with_a_newline(gen4: Sysfs) -> No
     gen4.write(rel, "\n")
     assert gen4.read(rel) == "(null)"
     assert errno_of(gen4, rel, "x" * 5000) == errno.EINVAL
+
+
+def test_driver_override_length_limit_and_nul(gen4: Sysfs) -> None:
+    rel = dev(VF, "driver_override")
+    # PAGE_SIZE - 1 bytes and up are refused, the newline included.
+    assert errno_of(gen4, rel, "x" * 4095) == errno.EINVAL
+    assert errno_of(gen4, rel, "x" * 4094 + "\n") == errno.EINVAL
+    gen4.write(rel, "x" * 4094)
+    assert gen4.read(rel) == "x" * 4094
+    gen4.write(rel, "vfio-pci\0junk")  # the kernel stops at the NUL
+    assert gen4.read(rel) == "vfio-pci"
+    gen4.write(rel, "\0")
+    assert gen4.read(rel) == "(null)"
+
+
+def test_zero_length_write_reaches_no_store_method(gen4: Sysfs) -> None:
+    rel = dev(VF, "driver_override")
+    gen4.write(rel, "vfio-pci")
+    gen4.write(rel, "")
+    assert gen4.read(rel) == "vfio-pci"
+    gen4.write(dev(PF, "sriov_numvfs"), "")  # not even parsed
+    assert gen4.read(dev(PF, "sriov_numvfs")) == "4"
+    # Opening is still checked.
+    assert errno_of(gen4, dev(VF, "vendor"), "") == errno.EACCES
+    assert errno_of(gen4, dev(VF, "no_such_attr"), "") == errno.ENOENT
 
 
 def test_override_excludes_every_other_driver(d15xx: Sysfs) -> None:
@@ -246,6 +272,31 @@ def test_read_only_and_missing_attributes(gen4: Sysfs) -> None:
     assert errno_of(gen4, dev(VF, "sriov_numvfs"), "1") == errno.ENOENT
     assert errno_of(gen4, dev(VF, "no_such_attr"), "1") == errno.ENOENT
     assert gen4.read(dev(VF, "vendor")) == "0x8086"
+
+
+@pytest.mark.parametrize(
+    "rel", ["bus/pci/drivers_probe", "bus/pci/drivers/vfio-pci/bind", "bus/pci/drivers/4xxx/new_id", dev(PF, "remove")]
+)
+def test_write_only_attributes_refuse_reads_even_to_root(gen4: Sysfs, rel: str) -> None:
+    with pytest.raises(OSError) as err:
+        gen4.read(rel)
+    assert err.value.errno == errno.EACCES
+
+
+def test_sriov_vf_device_is_unpadded_but_the_vf_device_is_not(make_node: MakeNode) -> None:
+    nic = {"vendor": "1b36", "device": "0010", "driver": "nvme", "vfs": 1, "vf_device": "0010", "vf_driver": "nvme"}
+    sysfs = make_node({"nics": [nic]})
+    pf = next(d for d in sysfs.listdir("bus/pci/devices") if sysfs.exists(dev(d, "sriov_vf_device")))
+    assert sysfs.read(dev(pf, "sriov_vf_device")) == "10"
+    assert sysfs.read(dev(str(sysfs.readlink(dev(pf, "virtfn0"))), "device")) == "0x0010"
+
+
+def test_vfio_nodes_have_the_kernel_modes(gen4: Sysfs) -> None:
+    gen4.write(dev(VF, "driver_override"), "vfio-pci")
+    gen4.write("bus/pci/drivers/vfio-pci/bind", VF)
+    group = gen4.dev_root / "vfio" / str(gen4.readlink(dev(VF, "iommu_group")))
+    assert stat.S_IMODE(group.stat().st_mode) == 0o600
+    assert stat.S_IMODE((gen4.dev_root / "vfio" / "vfio").stat().st_mode) == 0o666
 
 
 def test_heartbeat_error_injection(gen4: Sysfs) -> None:

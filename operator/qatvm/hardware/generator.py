@@ -17,7 +17,7 @@ from pathlib import Path
 
 from qatvm.hardware.kernel import KernelState, SimulatedKernel
 from qatvm.hardware.profile import HardwareProfile, PfSpec
-from qatvm.hardware.tree import Tree, bdf
+from qatvm.hardware.tree import VFIO_CONTAINER_MODE, Tree, bdf
 from qatvm.node.devices import BY_NAME, INTEL, VFIO_DENYLIST_PARAM, VFIO_PCI
 
 FIRST_BUS = 0x10
@@ -44,8 +44,7 @@ class _Builder:
             param = self.tree.root / VFIO_DENYLIST_PARAM
             param.parent.mkdir(parents=True)
             Tree.put(param, "Y" if p.disable_denylist else "N")
-            self.tree.vfio_dev.mkdir(parents=True, exist_ok=True)
-            (self.tree.vfio_dev / "vfio").touch()
+            self.tree.vfio_node("vfio", VFIO_CONTAINER_MODE)
         self.kernel.save(KernelState(profile=p))
         for i, pf in enumerate(p.pfs):
             self._pf(f"pf{i}", pf)

@@ -14,12 +14,13 @@ import os
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 from pydantic import BaseModel, Field
 
 from qatvm.hardware.profile import HardwareProfile, check_services
-from qatvm.hardware.tree import NO_OVERRIDE, Tree, bdf, devfn_of
+from qatvm.hardware.tree import NO_OVERRIDE, VFIO_GROUP_MODE, Tree, bdf, devfn_of
 from qatvm.node.devices import BY_PF_DEVICE, GENERATIONS, VFIO_DENYLIST_PARAM, VFIO_PCI, vfio_denylisted
 from qatvm.node.sysfs import SIMULATION_MARKER, Sysfs
 
@@ -87,13 +88,19 @@ class SimulatedKernel:
             if not os.path.exists(path):
                 raise _fail(errno.ENOENT)
             parts = Path(os.path.realpath(path)).relative_to(os.path.realpath(self.root)).parts
-            self._dispatch(parts, value)
+            store = self._store_for(parts)
+            # sysfs_kf_write() returns 0 for an empty write before calling store(): opening
+            # for write is checked (above), but nothing changes. debugfs has no such rule.
+            if value == "" and parts[:2] != ("kernel", "debug"):
+                return
+            store(value)
 
-    def _dispatch(self, parts: tuple[str, ...], value: str) -> None:
+    def _store_for(self, parts: tuple[str, ...]) -> Callable[[str], None]:
+        """The store method a write to `parts` reaches; EACCES if the file takes no writes."""
         if parts == ("bus", "pci", "drivers_probe"):
-            return self._drivers_probe(value.strip())
+            return lambda value: self._drivers_probe(value.strip())
         if parts[:2] == ("kernel", "debug") and parts[-1] == "inject_error":
-            return self._inject_heartbeat_error(Path(self.root, *parts).parent)
+            return lambda _: self._inject_heartbeat_error(Path(self.root, *parts).parent)
         target, attr = None, None
         if parts[:3] == ("bus", "pci", "drivers") and len(parts) == 5:
             target, attr = parts[3], parts[4]  # a driver
@@ -105,7 +112,7 @@ class SimulatedKernel:
         if target is None or handler is None:
             # Read-only attributes refuse opening for write, even to root.
             raise _fail(errno.EACCES)
-        handler(target, value)
+        return partial(handler, target)
 
     # --- driver core -------------------------------------------------------------------
 
@@ -158,8 +165,7 @@ class SimulatedKernel:
                 raise _fail(errno.EINVAL)
             if group is None:  # vfio_group_find_or_alloc: no IOMMU, no group
                 raise _fail(errno.EINVAL)
-            self.tree.vfio_dev.mkdir(parents=True, exist_ok=True)
-            (self.tree.vfio_dev / str(group)).touch()
+            self.tree.vfio_node(str(group), VFIO_GROUP_MODE)
         self.tree.attach(address, driver)
         if driver in _QAT_PF_DRIVERS and self.tree.pci_id(address)[1] in BY_PF_DEVICE:
             self._qat_pf_up(address)
@@ -209,10 +215,13 @@ class SimulatedKernel:
     # --- per-device attributes ---------------------------------------------------------
 
     def _driver_override(self, address: str, value: str) -> None:
-        if len(value) >= PAGE_SIZE:
+        # driver_set_override() keeps one byte for the newline that show() adds, so it refuses
+        # PAGE_SIZE - 1 bytes and more, counted before the newline is cut.
+        if len(value.encode()) >= PAGE_SIZE - 1:
             raise _fail(errno.EINVAL)
-        # A newline alone (or nothing) clears the override; it never triggers a probe.
-        override = value.split("\n", 1)[0]
+        # It takes the string up to a NUL (strlen) and then up to a newline; what is left
+        # empty clears the override. Setting it never triggers a probe.
+        override = value.split("\0", 1)[0].split("\n", 1)[0]
         Tree.put(self.tree.pci / "devices" / address / "driver_override", override or NO_OVERRIDE)
 
     def _sriov_numvfs(self, pf: str, value: str) -> None:
@@ -252,7 +261,8 @@ class SimulatedKernel:
         assert pf_dir is not None
         domain, bus, devfn = devfn_of(pf)
         offset, stride = int(self.tree.attr(pf, "sriov_offset")), int(self.tree.attr(pf, "sriov_stride"))
-        pci_id = (self.tree.pci_id(pf)[0], self.tree.attr(pf, "sriov_vf_device"))
+        # sriov_vf_device is printed unpadded; VF IDs are four digits everywhere else.
+        pci_id = (self.tree.pci_id(pf)[0], f"{int(self.tree.attr(pf, 'sriov_vf_device'), 16):04x}")
         class_code = self.tree.attr(pf, "class")[2:]
         numa = int(self.tree.attr(pf, "numa_node"))
         pf_group = self.tree.group_of(pf)
@@ -356,6 +366,13 @@ class SimulatedSysfs(Sysfs):
     def __init__(self, root: Path) -> None:
         super().__init__(root)
         self.kernel = SimulatedKernel(root)
+
+    def read(self, rel: str) -> str:
+        # kernfs refuses to open an attribute without a read bit for reading, even to root;
+        # on the disk under a simulated tree root would read it, so check the mode here.
+        if not os.stat(self.path(rel)).st_mode & 0o444:
+            raise _fail(errno.EACCES)
+        return super().read(rel)
 
     def write(self, rel: str, value: str) -> None:
         self.kernel.write(rel, value)

@@ -15,6 +15,15 @@ from qatvm.node.sysfs import dev_root
 # Attributes of /sys/bus/pci/drivers/<driver>/ that drivers accept writes on.
 DRIVER_FILES = ("bind", "unbind", "new_id", "remove_id")
 NO_OVERRIDE = "(null)"  # what driver_override reads when unset (a NULL printed with %s)
+# Linux's modes for the write-only attributes: DRIVER_ATTR_WO and BUS_ATTR_WO are 0200, a PCI
+# device's `remove` is 0220. kernfs refuses to open a file with no read bit for reading, even
+# to root, so the simulated Sysfs reads these modes to fail the same way.
+WRITE_ONLY = 0o200
+REMOVE_MODE = 0o220
+# /dev/vfio/<group> is root's alone (devtmpfs' default 0600); /dev/vfio/vfio, the container,
+# is open to everyone (vfio's devnode asks for 0666).
+VFIO_GROUP_MODE = 0o600
+VFIO_CONTAINER_MODE = 0o666
 
 
 def bdf(domain: int, bus: int, devfn: int) -> str:
@@ -76,6 +85,26 @@ class Tree:
         path.write_text(value + "\n")
 
     @staticmethod
+    def write_only(path: Path, mode: int = WRITE_ONLY) -> None:
+        """An empty attribute that can only be written; chmod, so the umask cannot widen it."""
+        path.touch()
+        path.chmod(mode)
+
+    def vfio_node(self, name: str, mode: int) -> None:
+        """/dev/vfio/<name> as a regular file with the kernel's mode.
+
+        Linux makes a character device. A simulated tree cannot honestly make one: a device
+        node would point at whatever real driver owns its number, mknod needs CAP_MKNOD (not
+        held by unprivileged users, nor in most containers), and nodev mounts refuse to open it.
+        What the project and its tests rely on is that the node exists exactly while a member of
+        the group is on vfio-pci, and that only root may open it (libvirt/QEMU open it, never
+        our code), so a regular file with the same mode keeps both.
+        """
+        self.vfio_dev.mkdir(parents=True, exist_ok=True)
+        (self.vfio_dev / name).touch()
+        (self.vfio_dev / name).chmod(mode)
+
+    @staticmethod
     def symlink(link: Path, target: Path) -> None:
         """A relative link, as sysfs makes them (`../../../bus/pci/drivers/4xxx`)."""
         link.symlink_to(os.path.relpath(target, link.parent))
@@ -84,7 +113,7 @@ class Tree:
         (self.root / "devices").mkdir(parents=True)
         (self.pci / "devices").mkdir(parents=True)
         (self.pci / "drivers").mkdir()
-        (self.pci / "drivers_probe").touch()
+        self.write_only(self.pci / "drivers_probe")
         (self.root / "module").mkdir()
         if iommu:
             self.groups.mkdir(parents=True)
@@ -95,7 +124,7 @@ class Tree:
         path = self.pci / "drivers" / name
         path.mkdir()
         for attr in DRIVER_FILES:
-            (path / attr).touch()
+            self.write_only(path / attr)
 
     def host_bridge(self, domain: int, bus: int) -> Path:
         path = self.root / "devices" / f"pci{domain:04x}:{bus:02x}"
@@ -112,9 +141,9 @@ class Tree:
             ("class", f"0x{class_code}"),
             ("numa_node", str(numa_node)),
             ("driver_override", NO_OVERRIDE),
-            ("remove", ""),
         ):
             self.put(path / name, value)
+        self.write_only(path / "remove", REMOVE_MODE)
         self.symlink(path / "subsystem", self.pci)
         self.symlink(self.pci / "devices" / address, path)
         return path
@@ -126,7 +155,8 @@ class Tree:
             ("sriov_numvfs", "0"),
             ("sriov_offset", str(offset)),
             ("sriov_stride", str(stride)),
-            ("sriov_vf_device", vf_device),
+            # The kernel prints it with %x: `10` for device 0010, unlike `device` (0x%04x).
+            ("sriov_vf_device", f"{int(vf_device, 16):x}"),
             ("sriov_drivers_autoprobe", "1"),
         ):
             self.put(path / name, value)
