@@ -54,7 +54,8 @@ class Supervisor:
         self.state_dir = state_dir
         self.nodes = [SimulatedNode(name, state_dir / "nodes" / name) for name in node_names(nodes)]
         self.profile = profile
-        self.control_plane = ControlPlane(state_dir)
+        # The audit log (DIR/audit.log) lets anyone count what the operator writes.
+        self.control_plane = ControlPlane(state_dir, audit=True)
         self.operators: list[ManagedProcess] = []
         self.stopping = threading.Event()
         self.state = ClusterState(supervisor_pid=os.getpid(), nodes=[n.name for n in self.nodes])

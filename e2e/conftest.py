@@ -1,0 +1,58 @@
+"""End-to-end fixtures: a cluster to run against, and a view of a local cluster's nodes.
+
+Set QATVM_E2E_KUBECONFIG to run against an existing cluster (kind, a real one): the checks that
+look inside a node then skip, saying so. Otherwise each session starts its own `qatvm local up`
+in a temporary folder and stops it at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from qatvm.testing.cluster import E2eCluster, LocalNodes
+from qatvm.testing.kubectl import Kubectl
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2eCluster]:
+    external = os.environ.get("QATVM_E2E_KUBECONFIG")
+    if external:
+        kubectl_binary = Path(os.environ.get("QATVM_E2E_KUBECTL", "kubectl"))
+        yield E2eCluster(Kubectl(kubectl_binary, Path(external)), local=None)
+        return
+    state_dir = tmp_path_factory.mktemp("e2e") / "cluster"
+    qatvm = [sys.executable, "-m", "qatvm", "local"]
+    up = subprocess.run([*qatvm, "up", "--nodes", "2", "--state-dir", str(state_dir)], capture_output=True, text=True, timeout=300)
+    if up.returncode != 0:
+        pytest.fail(f"qatvm local up failed:\n{up.stderr}")
+    try:
+        yield E2eCluster(Kubectl(state_dir / "bin" / "kubectl", state_dir / "kubeconfig"), local=LocalNodes(state_dir))
+    finally:
+        subprocess.run([*qatvm, "down", "--state-dir", str(state_dir)], capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def kubectl(cluster: E2eCluster) -> Kubectl:
+    return cluster.kubectl
+
+
+@pytest.fixture
+def nodes(cluster: E2eCluster) -> LocalNodes:
+    if cluster.local is None:
+        pytest.skip("looks inside the nodes' sysfs and hypervisor, which only a local cluster exposes")
+    return cluster.local
+
+
+@pytest.fixture
+def namespace(kubectl: Kubectl) -> Iterator[str]:
+    name = f"e2e-{uuid.uuid4().hex[:8]}"
+    kubectl.run("create", "namespace", name)
+    yield name
+    kubectl.run("delete", "namespace", name, "--wait=false", check=False)

@@ -1,0 +1,79 @@
+"""A user's whole path: apply, Ready, stop, start, delete, as `kubectl` shows it."""
+
+from __future__ import annotations
+
+import time
+
+from vms import condition, status, vm, wait_ready
+
+from qatvm.testing.cluster import LocalNodes, eventually
+from qatvm.testing.kubectl import Kubectl
+
+
+def test_apply_runs_a_domain_with_exactly_its_vfs(kubectl: Kubectl, nodes: LocalNodes, namespace: str) -> None:
+    started = time.monotonic()
+    kubectl.apply(vm("web", namespace, count=2, services=["sym", "asym"], numa="require"))
+    wait_ready(kubectl, "web", namespace)
+    print(f"apply to Ready: {time.monotonic() - started:.2f}s")
+
+    row = kubectl.run("get", "qvm", "web", "-n", namespace, "--no-headers").stdout.split()
+    st = status(kubectl, "web", namespace)
+    node = st["nodeName"]
+    assert row[:5] == ["web", "Running", node, "2", "True"]
+    devices = sorted(d["pciAddress"] for d in st["devices"])
+    assert len(devices) == 2 and len({d["numaNode"] for d in st["devices"]}) == 1
+    assert all(d["pfAddress"] and d["iommuGroup"] is not None for d in st["devices"])
+
+    # On the node: the VFs sit on vfio-pci, and the running domain has those and only those.
+    assert [nodes.driver(node, d) for d in devices] == ["vfio-pci", "vfio-pci"]
+    domain = st["domain"]["name"]
+    assert nodes.domains(node)[domain][0].value == "running"
+    assert nodes.hostdevs(node, domain) == devices
+
+    inventory = kubectl.json("get", "qatnode", node)["status"]
+    held = sorted(v["pciAddress"] for v in inventory["vfs"] if (v.get("allocatedTo") or {}).get("name") == "web")
+    assert held == devices
+    assert inventory["free"] == inventory["total"] - sum(1 for v in inventory["vfs"] if v.get("allocatedTo"))
+
+
+def test_running_false_stops_and_keeps_the_vfs(kubectl: Kubectl, nodes: LocalNodes, namespace: str) -> None:
+    kubectl.apply(vm("sleeper", namespace))
+    wait_ready(kubectl, "sleeper", namespace)
+    st = status(kubectl, "sleeper", namespace)
+    node, domain, vf = st["nodeName"], st["domain"]["name"], st["devices"][0]["pciAddress"]
+
+    kubectl.run("patch", "qvm", "sleeper", "-n", namespace, "--type=merge", "-p", '{"spec":{"running":false}}')
+    eventually(lambda: _assert_phase(kubectl, "sleeper", namespace, "Stopped"))
+    assert nodes.domains(node)[domain][0].value == "shutoff"
+    assert nodes.driver(node, vf) == "vfio-pci"
+    assert status(kubectl, "sleeper", namespace)["devices"][0]["pciAddress"] == vf
+    ready = condition(kubectl, "sleeper", namespace, "Ready")
+    assert ready and ready["status"] == "True" and ready["reason"] == "Stopped"
+
+    kubectl.run("patch", "qvm", "sleeper", "-n", namespace, "--type=merge", "-p", '{"spec":{"running":true}}')
+    eventually(lambda: _assert_phase(kubectl, "sleeper", namespace, "Running"))
+    assert nodes.domains(node)[domain][0].value == "running"
+
+
+def test_delete_removes_the_domain_and_gives_the_vfs_back(kubectl: Kubectl, nodes: LocalNodes, namespace: str) -> None:
+    kubectl.apply(vm("brief", namespace, count=3))
+    wait_ready(kubectl, "brief", namespace)
+    st = status(kubectl, "brief", namespace)
+    node, domain = st["nodeName"], st["domain"]["name"]
+    devices = [d["pciAddress"] for d in st["devices"]]
+    before = {d: d_drv for d, d_drv in ((d["pciAddress"], d.get("driver")) for d in st["devices"])}
+    free_before = kubectl.json("get", "qatnode", node)["status"]["free"]
+
+    kubectl.run("delete", "qvm", "brief", "-n", namespace, "--timeout=60s")
+    assert domain not in nodes.domains(node)
+    assert {d: nodes.driver(node, d) for d in devices} == before
+    eventually(lambda: _assert_free(kubectl, node, free_before + len(devices)))
+    assert not (nodes.root(node) / "var/lib/qatvm/vms" / domain).exists()
+
+
+def _assert_phase(kubectl: Kubectl, name: str, namespace: str, phase: str) -> None:
+    assert status(kubectl, name, namespace).get("phase") == phase
+
+
+def _assert_free(kubectl: Kubectl, node: str, free: int) -> None:
+    assert kubectl.json("get", "qatnode", node)["status"]["free"] == free

@@ -1,0 +1,64 @@
+"""What end-to-end tests see of a cluster, and, for a local one, of its simulated nodes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from qatvm.controlplane.server import AuditLog
+from qatvm.domain.models import Domain
+from qatvm.hypervisor import DomainState, open_hypervisor
+from qatvm.local.state import ClusterState
+from qatvm.node.sysfs import open_sysfs
+from qatvm.testing.kubectl import Kubectl
+
+
+@dataclass(frozen=True)
+class LocalNodes:
+    """Read-only views into `qatvm local`'s simulated nodes."""
+
+    state_dir: Path
+
+    def root(self, node: str) -> Path:
+        return self.state_dir / "nodes" / node
+
+    def driver(self, node: str, address: str) -> str | None:
+        return open_sysfs(self.root(node) / "sys").readlink(f"bus/pci/devices/{address}/driver")
+
+    def domains(self, node: str) -> dict[str, tuple[DomainState, Domain]]:
+        # A plain test:/// connection reads the agent's file without ever writing it back.
+        with open_hypervisor(f"test://{self.root(node) / 'hypervisor.xml'}") as hypervisor:
+            return {d.name: (d.state, hypervisor.domain(d.name)) for d in hypervisor.owned_domains()}
+
+    def hostdevs(self, node: str, domain: str) -> list[str]:
+        return sorted(h.source.address.bdf for h in self.domains(node)[domain][1].devices.hostdevs)
+
+    def state(self) -> ClusterState:
+        state = ClusterState.load(self.state_dir)
+        assert state is not None, f"no local cluster in {self.state_dir}"
+        return state
+
+    @property
+    def audit(self) -> AuditLog:
+        return AuditLog(self.state_dir / "audit.log")
+
+
+@dataclass(frozen=True)
+class E2eCluster:
+    kubectl: Kubectl
+    local: LocalNodes | None
+
+
+def eventually(check: Callable[[], Any], timeout: float = 60.0, interval: float = 0.25) -> Any:
+    """Call `check` until it returns without raising AssertionError; its last error otherwise."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return check()
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(interval)
