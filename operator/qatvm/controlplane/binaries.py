@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import json
 import os
 import platform
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -28,6 +30,7 @@ KUBE_MODULE = "k8s.io/kubernetes"
 ETCD_MODULE = "go.etcd.io/etcd/server/v3"
 
 Progress = Callable[[str], None]
+BUILD_RECORD = "build.json"
 
 
 class BuildError(RuntimeError):
@@ -200,6 +203,13 @@ def _build_locked(bundle: Bundle, progress: Progress) -> None:
         if missing:
             raise BuildError(f"go build of {bundle.name} produced no {', '.join(missing)}")
         staging.chmod(0o755)  # mkdtemp makes it private; the cache is shared by every clone
+        # What the build cost, for `tools/benchmark.py`; ru_maxrss is the largest child (KiB).
+        record = {
+            "seconds": round(time.monotonic() - started, 1),
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024,
+            "go": subprocess.run(["go", "version"], capture_output=True, text=True).stdout.strip(),
+        }
+        (staging / BUILD_RECORD).write_text(json.dumps(record, indent=2))
         staging.rename(bundle.directory)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
