@@ -32,6 +32,8 @@ def configure(settings: kopf.OperatorSettings, node: str) -> kopf.OperatorSettin
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=PREFIX, key="last-handled")
     settings.posting.loggers = False
+    # The resources are known; scanning CRDs would need a right the agent has no other use for.
+    settings.scanning.disabled = True
     return settings
 
 

@@ -96,6 +96,7 @@ class Condition(ApiModel):
 class VmStatus(ApiModel):
     phase: Phase | None = None
     node_name: str | None = None
+    pci_addresses: str | None = None
     devices: list[AllocatedDevice] = Field(default_factory=list)
     domain: DomainStatus | None = None
     conditions: list[Condition] = Field(default_factory=list)

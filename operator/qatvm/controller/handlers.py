@@ -20,6 +20,13 @@ registry = kopf.OperatorRegistry()
 register_login(registry)
 
 
+def settings() -> kopf.OperatorSettings:
+    configured = kopf.OperatorSettings()
+    # The resources are known; scanning CRDs would need a right the controller has no other use for.
+    configured.scanning.disabled = True
+    return configured
+
+
 def _scheduler(memo: Any) -> Scheduler:
     return memo.scheduler  # type: ignore[no-any-return]
 

@@ -39,6 +39,7 @@ async def run(args: argparse.Namespace) -> int:
     operator = asyncio.create_task(
         kopf.operator(
             registry=handlers.registry,
+            settings=handlers.settings(),
             clusterwide=True,
             standalone=True,
             stop_flag=stop,

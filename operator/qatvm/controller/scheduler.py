@@ -168,6 +168,7 @@ class Scheduler:
         status = {
             "phase": Phase.SCHEDULED.value,
             "nodeName": placement.node,
+            "pciAddresses": ",".join(d.pci_address for d in devices),
             "devices": [d.wire() for d in devices],
             "conditions": [c.wire() for c in conditions],
         }
