@@ -52,7 +52,8 @@ def test_local_up_serves_crds_and_nodes_and_down_leaves_nothing(tmp_path: Path) 
     assert down.returncode == 0, down.stderr
     assert state is not None
     pids = [state.supervisor_pid, *state.components.values()]
-    assert len(pids) == 4 and not any(pid_alive(pid) for pid in pids)
+    # The supervisor, etcd, kube-apiserver, kube-controller-manager, the controller, 3 agents.
+    assert len(pids) == 8 and not any(pid_alive(pid) for pid in pids)
     assert qatvm("local", "status", "--state-dir", str(state_dir)).returncode == 3
 
 

@@ -18,12 +18,18 @@ from lightkube.core.exceptions import ApiError
 from lightkube.models.coordination_v1 import LeaseSpec
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.coordination_v1 import Lease
+from lightkube.types import PatchType
 
 log = logging.getLogger(__name__)
 
 
 def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc)
+
+
+def _micro_time(moment: datetime.datetime) -> str:
+    """A Lease's MicroTime as the API server parses it: always six fraction digits."""
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class LeaderElection:
@@ -59,36 +65,47 @@ class LeaderElection:
         except ApiError as error:
             if error.status.code != 404:
                 raise
-            fresh = Lease(
-                metadata=ObjectMeta(name=self.name, namespace=self.namespace),
-                spec=LeaseSpec(
-                    holderIdentity=self.identity,
-                    leaseDurationSeconds=self.lease_seconds,
-                    acquireTime=now,
-                    renewTime=now,
-                    leaseTransitions=0,
-                ),
-            )
-            try:
-                await self.client.create(fresh)
-            except ApiError as conflict:
-                if conflict.status.code == 409:
-                    return False
-                raise
-            return True
+            return await self._create(now)
         spec = lease.spec or LeaseSpec()
         if spec.holderIdentity != self.identity and not self._expired(lease):
             return False
+        change: dict[str, object] = {
+            "holderIdentity": self.identity,
+            "renewTime": _micro_time(now),
+            "leaseDurationSeconds": self.lease_seconds,
+        }
         if spec.holderIdentity != self.identity:
-            spec.acquireTime = now
-            spec.leaseTransitions = (spec.leaseTransitions or 0) + 1
-            spec.holderIdentity = self.identity
-        spec.renewTime = now
-        spec.leaseDurationSeconds = self.lease_seconds
-        lease.spec = spec
+            change["acquireTime"] = _micro_time(now)
+            change["leaseTransitions"] = (spec.leaseTransitions or 0) + 1
+        assert lease.metadata is not None
+        # Only the changed fields, under the resourceVersion we read: a concurrent taker makes
+        # this a 409, and times written by other clients are never re-encoded by ours.
+        return await self._patch({"metadata": {"resourceVersion": lease.metadata.resourceVersion}, "spec": change})
+
+    async def _create(self, now: datetime.datetime) -> bool:
+        # lightkube writes a zero fraction as no fraction, which MicroTime refuses: never send one.
+        now = now.replace(microsecond=now.microsecond or 1)
+        fresh = Lease(
+            metadata=ObjectMeta(name=self.name, namespace=self.namespace),
+            spec=LeaseSpec(
+                holderIdentity=self.identity,
+                leaseDurationSeconds=self.lease_seconds,
+                acquireTime=now,
+                renewTime=now,
+                leaseTransitions=0,
+            ),
+        )
         try:
-            # `replace` sends the resourceVersion we read: a concurrent taker makes this a 409.
-            await self.client.replace(lease)
+            await self.client.create(fresh)
+        except ApiError as conflict:
+            if conflict.status.code == 409:
+                return False
+            raise
+        return True
+
+    async def _patch(self, patch: dict[str, object]) -> bool:
+        try:
+            await self.client.patch(Lease, self.name, patch, namespace=self.namespace, patch_type=PatchType.MERGE)
         except ApiError as conflict:
             if conflict.status.code == 409:
                 return False
@@ -96,8 +113,16 @@ class LeaderElection:
         return True
 
     async def acquire(self) -> None:
-        while not await self.try_acquire():
-            log.info("lease %s/%s is held by another controller; standing by", self.namespace, self.name)
+        """Wait until this identity holds the lease; API outages meanwhile are waited out too."""
+        while True:
+            try:
+                if await self.try_acquire():
+                    break
+                log.info("lease %s/%s is held by another controller; standing by", self.namespace, self.name)
+            except ApiError as error:
+                log.warning("reading the lease failed: %s; retrying", error.status.message)
+            except OSError as error:
+                log.warning("the API server is unreachable: %s; retrying", error)
             await asyncio.sleep(self.renew_seconds)
         log.info("leading as %s", self.identity)
 
@@ -124,9 +149,12 @@ class LeaderElection:
         """Give the lease up on a clean shutdown, so a standby takes over at once."""
         try:
             lease = await self.client.get(Lease, self.name, namespace=self.namespace)
-            if lease.spec and lease.spec.holderIdentity == self.identity:
-                lease.spec.renewTime = None
-                lease.spec.holderIdentity = None
-                await self.client.replace(lease)
+            if lease.spec and lease.spec.holderIdentity == self.identity and lease.metadata:
+                await self._patch(
+                    {
+                        "metadata": {"resourceVersion": lease.metadata.resourceVersion},
+                        "spec": {"holderIdentity": None, "renewTime": None},
+                    }
+                )
         except ApiError as error:
             log.warning("releasing the lease failed: %s", error)

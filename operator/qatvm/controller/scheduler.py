@@ -64,7 +64,9 @@ class ClusterPicture:
             bdfs = tuple(d["pciAddress"] for d in status.get("devices") or ())
             self.allocations[uid] = (status["nodeName"], bdfs)
             self.pending.pop(uid, None)
-        elif uid not in self.allocations and not body["metadata"].get("deletionTimestamp"):
+        elif body["metadata"].get("deletionTimestamp"):
+            self.pending.pop(uid, None)  # going away: never place it, even if it waited before
+        elif uid not in self.allocations:
             self.pending[uid] = body
 
     def observe_node(self, body: dict[str, Any], deleted: bool = False) -> None:

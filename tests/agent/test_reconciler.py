@@ -1,0 +1,467 @@
+"""VmReconciler on a simulated node: real sysfs tree, real qemu-img, libvirt's test driver on a file.
+
+Each test builds a node the way the local cluster does (`host_root/sys`, `host_root/var/lib/qatvm`,
+`host_root/hypervisor.xml`) and VMs carrying the allocation the controller would have written.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pycdlib
+import pytest
+from qatvm.agent.config import AgentConfig
+from qatvm.agent.reconciler import AllocationMissing, VmReconciler
+from qatvm.api.qatnode import QatVf
+from qatvm.api.vm import AllocatedDevice, Phase, QatVirtualMachine
+from qatvm.domain.builder import build_domain
+from qatvm.domain.disks import image_info
+from qatvm.domain.naming import domain_name, domain_uuid
+from qatvm.hardware import HardwareProfile, generate
+from qatvm.hypervisor import DomainState, Hypervisor, open_hypervisor
+from qatvm.node.binding import BindingError, DenylistedError, IommuOffError, VfBinder
+from qatvm.node.discovery import discover
+from qatvm.node.sysfs import Sysfs, open_sysfs
+
+NODE = "node-1"
+BASE = "/var/lib/qatvm/images/base.qcow2"
+
+# Two kinds of VF, so "given back to its previous driver" means something on both:
+# gen4 VFs have no driver at all; c62x VFs start on the in-tree c6xxvf.
+PROFILE: dict[str, Any] = {
+    "disable_denylist": True,
+    "pfs": [
+        {"generation": "4xxx", "vfs": 4, "services": "sym;asym"},
+        {"generation": "c62x", "vfs": 2},
+    ],
+}
+GEN4_A, GEN4_B, GEN4_C, GEN4_D = "0000:10:00.1", "0000:10:00.2", "0000:10:00.3", "0000:10:00.4"
+C62X_A, C62X_B = "0000:19:01.0", "0000:19:01.1"
+
+
+class Node:
+    """One simulated node's files, and agents (reconcilers) started on them."""
+
+    def __init__(self, root: Path, profile: dict[str, Any]) -> None:
+        self.root = root
+        generate(HardwareProfile.model_validate(profile), root / "sys")
+        image = root / BASE.lstrip("/")
+        image.parent.mkdir(parents=True)
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "16M"], check=True)
+        self.config = AgentConfig(node=NODE, host_root=root, libvirt_uri=f"qatvm-test://{root}/hypervisor.xml")
+        self.sysfs = open_sysfs(root / "sys")
+        self.vfs = {vf.pci_address: vf for vf in discover(self.sysfs).vfs}
+        self._open: list[Hypervisor] = []
+
+    def agent(self) -> VmReconciler:
+        """A new agent process's view: fresh sysfs, binder and hypervisor objects on the same files.
+
+        Earlier hypervisors are closed first: one connection at a time per state file, as one
+        agent process per node."""
+        self.close()
+        hypervisor = open_hypervisor(self.config.libvirt_uri)
+        self._open.append(hypervisor)
+        binder = VfBinder(open_sysfs(self.config.sysfs), self.config.state_dir / "binding")
+        return VmReconciler(self.config, binder, hypervisor)
+
+    def close(self) -> None:
+        while self._open:
+            self._open.pop().close()
+
+    def driver(self, address: str) -> str | None:
+        return self.sysfs.readlink(f"bus/pci/devices/{address}/driver")
+
+    def vm(
+        self,
+        name: str,
+        addresses: list[str],
+        *,
+        running: bool = True,
+        user_data: str | None = None,
+        node: str | None = NODE,
+        namespace: str = "team-a",
+        uid: str | None = None,
+    ) -> QatVirtualMachine:
+        """A VM as the agent receives it once the controller placed it: nodeName and devices set."""
+        devices = [_allocated(self.vfs[a]) for a in addresses]
+        body: dict[str, Any] = {
+            "metadata": {"namespace": namespace, "name": name, "uid": uid or str(uuid.uuid4()), "generation": 1},
+            "spec": {
+                "running": running,
+                "vcpus": 1,
+                "memory": "64Mi",
+                "qat": {"count": len(addresses)},
+                "image": {"path": BASE},
+                **({"cloudInit": {"userData": user_data}} if user_data is not None else {}),
+            },
+            "status": {"phase": "Scheduled", "nodeName": node, "devices": [d.wire() for d in devices]},
+        }
+        return QatVirtualMachine.model_validate(body)
+
+
+def _allocated(vf: QatVf) -> AllocatedDevice:
+    # What Scheduler._record writes for each chosen VF.
+    return AllocatedDevice(
+        pci_address=vf.pci_address, pf_address=vf.pf_address, device_id=vf.device_id,
+        numa_node=vf.numa_node, iommu_group=vf.iommu_group, driver=vf.driver,
+    )
+
+
+@pytest.fixture
+def make_node(tmp_path: Path) -> Iterator[Callable[..., Node]]:
+    nodes: list[Node] = []
+
+    def make(profile: dict[str, Any] = PROFILE, name: str = "node") -> Node:
+        nodes.append(Node(tmp_path / name, profile))
+        return nodes[-1]
+
+    yield make
+    for node in nodes:
+        node.close()
+
+
+@pytest.fixture
+def node(make_node: Callable[..., Node]) -> Node:
+    return make_node()
+
+
+def hostdev_bdfs(hypervisor: Hypervisor, name: str) -> list[str]:
+    return [h.source.address.bdf for h in hypervisor.domain(name).devices.hostdevs]
+
+
+def iso_file(path: Path, name: str) -> str:
+    iso = pycdlib.PyCdlib()
+    iso.open(str(path))
+    try:
+        out = io.BytesIO()
+        iso.get_file_from_iso_fp(out, rr_path=f"/{name}")
+        return out.getvalue().decode()
+    finally:
+        iso.close()
+
+
+# --- apply ------------------------------------------------------------------------------------
+
+
+def test_apply_binds_every_vf_builds_the_disks_and_runs_the_domain(node: Node) -> None:
+    agent = node.agent()
+    assert node.driver(GEN4_A) is None and node.driver(C62X_A) == "c6xxvf"
+    vm = node.vm("web", [GEN4_A, C62X_A], user_data="#cloud-config\nhostname: web\n")
+    name = domain_name("team-a", "web")
+
+    outcome = agent.apply(vm)
+
+    assert node.driver(GEN4_A) == "vfio-pci"
+    assert node.driver(C62X_A) == "vfio-pci"
+    # The neighbours nobody asked for are untouched.
+    assert node.driver(GEN4_B) is None and node.driver(C62X_B) == "c6xxvf"
+    assert (node.root / "dev/vfio" / str(node.vfs[GEN4_A].iommu_group)).exists()
+
+    files = node.config.state_dir / "vms" / name
+    overlay = image_info(files / "overlay.qcow2")
+    assert overlay.format == "qcow2"
+    assert overlay.backing_filename == str(node.root / BASE.lstrip("/"))
+    assert iso_file(files / "cidata.iso", "user-data") == "#cloud-config\nhostname: web\n"
+    assert f"instance-id: {vm.ref.uid}" in iso_file(files / "cidata.iso", "meta-data")
+
+    hypervisor = agent.hypervisor
+    assert hypervisor.state(name) is DomainState.RUNNING
+    assert hostdev_bdfs(hypervisor, name) == [GEN4_A, C62X_A]
+    sources = {d.source.file for d in hypervisor.domain(name).devices.disks}
+    assert sources == {str(files / "overlay.qcow2"), str(files / "cidata.iso")}
+    [owned] = hypervisor.owned_domains()
+    assert (owned.name, owned.uuid, owned.owner.uid) == (name, domain_uuid(vm.ref.uid), vm.ref.uid)
+
+    assert outcome.phase is Phase.RUNNING
+    assert outcome.domain.name == name
+    assert outcome.domain.uuid == str(domain_uuid(vm.ref.uid))
+    assert outcome.domain.state == DomainState.RUNNING.value
+    assert GEN4_A in outcome.message and C62X_A in outcome.message
+
+
+def test_apply_without_user_data_writes_no_seed(node: Node) -> None:
+    agent = node.agent()
+    vm = node.vm("plain", [GEN4_A])
+    name = domain_name("team-a", "plain")
+    assert agent.apply(vm).phase is Phase.RUNNING
+    files = node.config.state_dir / "vms" / name
+    assert (files / "overlay.qcow2").exists()
+    assert not (files / "cidata.iso").exists()
+    assert [d.source.file for d in agent.hypervisor.domain(name).devices.disks] == [str(files / "overlay.qcow2")]
+
+
+def test_running_false_defines_a_stopped_domain_and_keeps_the_vfs_on_vfio(node: Node) -> None:
+    agent = node.agent()
+    name = domain_name("team-a", "web")
+    vm = node.vm("web", [GEN4_A, GEN4_B])
+
+    assert agent.apply(vm).phase is Phase.RUNNING
+    stopped = agent.apply(node.vm("web", [GEN4_A, GEN4_B], running=False, uid=vm.ref.uid))
+
+    assert stopped.phase is Phase.STOPPED
+    assert stopped.domain.state == DomainState.SHUTOFF.value
+    assert agent.hypervisor.state(name) is DomainState.SHUTOFF
+    assert hostdev_bdfs(agent.hypervisor, name) == [GEN4_A, GEN4_B]
+    assert node.driver(GEN4_A) == node.driver(GEN4_B) == "vfio-pci"
+
+    # And back on.
+    assert agent.apply(vm).phase is Phase.RUNNING
+    assert agent.hypervisor.state(name) is DomainState.RUNNING
+
+
+def test_a_vm_created_stopped_is_defined_but_never_started(node: Node) -> None:
+    agent = node.agent()
+    outcome = agent.apply(node.vm("cold", [C62X_A], running=False))
+    assert outcome.phase is Phase.STOPPED
+    assert agent.hypervisor.state(domain_name("team-a", "cold")) is DomainState.SHUTOFF
+    assert node.driver(C62X_A) == "vfio-pci"
+
+
+def test_apply_twice_changes_nothing(node: Node) -> None:
+    agent = node.agent()
+    name = domain_name("team-a", "web")
+    vm = node.vm("web", [GEN4_A, C62X_A], user_data="#cloud-config\n")
+    first = agent.apply(vm)
+    domain_id = agent.hypervisor.domain(name).id
+    overlay = node.config.state_dir / "vms" / name / "overlay.qcow2"
+    overlay_inode = overlay.stat().st_ino
+
+    second = agent.apply(vm)
+
+    assert second == first
+    # Not restarted (a restart gives the test driver's domain a new id), disk not recreated.
+    assert agent.hypervisor.domain(name).id == domain_id
+    assert overlay.stat().st_ino == overlay_inode
+    assert [d.name for d in agent.hypervisor.owned_domains()] == [name]
+    assert node.driver(GEN4_A) == node.driver(C62X_A) == "vfio-pci"
+
+
+def test_a_restarted_agent_adopts_the_running_domain(node: Node) -> None:
+    name = domain_name("team-a", "web")
+    vm = node.vm("web", [GEN4_A, C62X_A])
+    first = node.agent().apply(vm)
+    overlay = node.config.state_dir / "vms" / name / "overlay.qcow2"
+    overlay_inode = overlay.stat().st_ino
+
+    restarted = node.agent()  # closes the first connection: a new process on the same node
+    assert restarted.hypervisor.state(name) is DomainState.RUNNING
+    domain_id = restarted.hypervisor.domain(name).id
+    again = restarted.apply(vm)
+
+    assert again.phase is Phase.RUNNING
+    assert again.domain.uuid == first.domain.uuid
+    assert restarted.hypervisor.domain(name).id == domain_id  # left running, not destroyed and restarted
+    assert overlay.stat().st_ino == overlay_inode  # the guest's disk kept
+    assert [(d.name, str(d.uuid)) for d in restarted.hypervisor.owned_domains()] == [(name, first.domain.uuid)]
+    assert hostdev_bdfs(restarted.hypervisor, name) == [GEN4_A, C62X_A]
+    # The binding records survived too, so a later remove still knows c6xxvf was the driver.
+    assert restarted.binder.held() == sorted([GEN4_A, C62X_A])
+    restarted.remove(vm.ref, vm.status.devices)
+    assert node.driver(C62X_A) == "c6xxvf" and node.driver(GEN4_A) is None
+
+
+def test_an_agent_killed_between_define_and_start_finishes_on_restart(node: Node) -> None:
+    vm = node.vm("web", [GEN4_A, C62X_A], user_data="#cloud-config\n")
+    name = domain_name("team-a", "web")
+    dying = node.agent()
+    # What the killed agent had done: both VFs bound, a half-written overlay, the domain defined.
+    dying.binder.bind_to_vfio(GEN4_A)
+    dying.binder.bind_to_vfio(C62X_A)
+    files = node.config.state_dir / "vms" / name
+    files.mkdir(parents=True)
+    (files / "overlay.qcow2.partial").write_bytes(b"half a qcow2 header")
+    dying.hypervisor.define(build_domain(dying.domain_spec(vm)))
+    assert dying.hypervisor.state(name) is DomainState.SHUTOFF
+
+    restarted = node.agent()
+    assert restarted.sweep([vm]) == []  # nothing of an existing VM is taken for debris
+    outcome = restarted.apply(vm)
+
+    assert outcome.phase is Phase.RUNNING
+    assert restarted.hypervisor.state(name) is DomainState.RUNNING
+    assert image_info(files / "overlay.qcow2").backing_filename == str(node.root / BASE.lstrip("/"))
+    assert not (files / "overlay.qcow2.partial").exists()
+    assert hostdev_bdfs(restarted.hypervisor, name) == [GEN4_A, C62X_A]
+    # The binding records still name the drivers from before the first bind.
+    restarted.remove(vm.ref, vm.status.devices)
+    assert node.driver(GEN4_A) is None and node.driver(C62X_A) == "c6xxvf"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param({"node": None}, id="no-node"),
+        pytest.param({"node": "node-2"}, id="other-node"),
+        pytest.param({"addresses": []}, id="no-devices"),
+    ],
+)
+def test_apply_without_an_allocation_on_this_node_touches_nothing(node: Node, change: dict[str, Any]) -> None:
+    agent = node.agent()
+    args: dict[str, Any] = {"addresses": [GEN4_A], "node": NODE, **change}
+    vm = node.vm("early", args.pop("addresses"), **args)
+    with pytest.raises(AllocationMissing):
+        agent.apply(vm)
+    assert node.driver(GEN4_A) is None
+    assert agent.hypervisor.owned_domains() == []
+    assert agent.binder.held() == []
+    assert not (node.config.state_dir / "vms").exists()
+
+
+def test_a_binding_failure_raises_it_and_defines_no_domain(make_node: Callable[..., Node]) -> None:
+    node = make_node({"iommu": False, "pfs": [{"generation": "4xxx", "vfs": 2}]})
+    agent = node.agent()
+    vm = node.vm("web", [GEN4_A, GEN4_B])
+    with pytest.raises(IommuOffError, match="intel_iommu=on"):
+        agent.apply(vm)
+    assert agent.hypervisor.state(domain_name("team-a", "web")) is None
+    assert agent.hypervisor.owned_domains() == []
+    assert node.driver(GEN4_A) is None and node.driver(GEN4_B) is None
+    assert agent.binder.held() == []
+
+
+def test_a_failure_on_the_second_vf_leaves_nothing_remove_cannot_undo(make_node: Callable[..., Node]) -> None:
+    # c62x VFs are denylisted by vfio-pci without disable_denylist: the first VF binds, the second cannot.
+    node = make_node({"pfs": [{"generation": "4xxx", "vfs": 1}, {"generation": "c62x", "vfs": 1}]})
+    agent = node.agent()
+    vm = node.vm("web", [GEN4_A, C62X_A])
+    with pytest.raises(DenylistedError) as failure:
+        agent.apply(vm)
+    assert isinstance(failure.value, BindingError) and failure.value.address == C62X_A
+    assert agent.hypervisor.owned_domains() == []
+    assert node.driver(C62X_A) == "c6xxvf"
+    # The first VF is on vfio-pci, but recorded and held by this VM: deleting the VM gives it back.
+    assert agent.binder.held() == [GEN4_A]
+    agent.remove(vm.ref, vm.status.devices)
+    assert node.driver(GEN4_A) is None and node.driver(C62X_A) == "c6xxvf"
+    assert agent.binder.held() == []
+
+
+# --- remove -----------------------------------------------------------------------------------
+
+
+def test_remove_destroys_undefines_gives_vfs_back_and_deletes_files(node: Node) -> None:
+    agent = node.agent()
+    name = domain_name("team-a", "web")
+    vm = node.vm("web", [GEN4_A, C62X_A], user_data="#cloud-config\n")
+    other = node.vm("db", [GEN4_B])
+    agent.apply(vm)
+    agent.apply(other)
+
+    agent.remove(vm.ref, vm.status.devices)
+
+    assert agent.hypervisor.state(name) is None
+    assert node.driver(GEN4_A) is None  # gen4 VFs had no driver
+    assert node.driver(C62X_A) == "c6xxvf"  # c62x back on its in-tree driver
+    assert not (node.root / "dev/vfio" / str(node.vfs[GEN4_A].iommu_group)).exists()
+    assert not (node.config.state_dir / "vms" / name).exists()
+    assert agent.binder.held() == [GEN4_B]
+    # The other VM is untouched.
+    assert agent.hypervisor.state(domain_name("team-a", "db")) is DomainState.RUNNING
+    assert node.driver(GEN4_B) == "vfio-pci"
+
+    agent.remove(vm.ref, vm.status.devices)  # again: nothing left, no error
+    assert agent.hypervisor.state(name) is None
+    assert node.driver(C62X_A) == "c6xxvf"
+
+    # A restarted agent sees the removal too (it was persisted, not only in this connection).
+    restarted = node.agent()
+    assert [d.name for d in restarted.hypervisor.owned_domains()] == [domain_name("team-a", "db")]
+    restarted.remove(vm.ref, vm.status.devices)
+
+
+def test_remove_of_a_stopped_vm_and_of_one_never_applied(node: Node) -> None:
+    agent = node.agent()
+    stopped = node.vm("cold", [GEN4_A], running=False)
+    agent.apply(stopped)
+    agent.remove(stopped.ref, stopped.status.devices)
+    assert agent.hypervisor.state(domain_name("team-a", "cold")) is None
+    assert node.driver(GEN4_A) is None
+
+    never = node.vm("never", [C62X_A])
+    agent.remove(never.ref, never.status.devices)
+    assert node.driver(C62X_A) == "c6xxvf"  # not ours: left where it was
+
+
+# --- sweep ------------------------------------------------------------------------------------
+
+
+def test_sweep_removes_orphans_and_keeps_existing_vms(node: Node) -> None:
+    agent = node.agent()
+    kept = node.vm("kept", [GEN4_A, C62X_A])
+    gone = node.vm("gone", [GEN4_B, C62X_B], user_data="#cloud-config\n")
+    stopped = node.vm("stopped", [GEN4_C], running=False)
+    agent.apply(kept)
+    agent.apply(gone)
+    agent.apply(stopped)
+    # A VF bound by an agent that crashed before it defined the domain of a VM since deleted.
+    agent.binder.bind_to_vfio(GEN4_D)
+
+    # The agent restarts; `gone` was deleted meanwhile (its finalizer forced off), the others exist.
+    restarted = node.agent()
+    removed = restarted.sweep([kept, stopped])
+
+    gone_name = domain_name("team-a", "gone")
+    assert sorted(removed) == sorted(
+        [
+            f"domain {gone_name} of deleted VM team-a/gone",
+            f"VF {GEN4_B} left on vfio-pci",
+            f"VF {C62X_B} left on vfio-pci",
+            f"VF {GEN4_D} left on vfio-pci",
+        ]
+    )
+    hypervisor = restarted.hypervisor
+    assert hypervisor.state(gone_name) is None
+    assert not (node.config.state_dir / "vms" / gone_name).exists()
+    assert node.driver(GEN4_B) is None and node.driver(GEN4_D) is None
+    assert node.driver(C62X_B) == "c6xxvf"
+    # Existing VMs keep their domains, in their state, and their VFs.
+    assert hypervisor.state(domain_name("team-a", "kept")) is DomainState.RUNNING
+    assert hypervisor.state(domain_name("team-a", "stopped")) is DomainState.SHUTOFF
+    assert node.driver(GEN4_A) == node.driver(C62X_A) == node.driver(GEN4_C) == "vfio-pci"
+    assert restarted.binder.held() == sorted([GEN4_A, C62X_A, GEN4_C])
+    assert (node.config.state_dir / "vms" / domain_name("team-a", "kept") / "overlay.qcow2").exists()
+
+    assert restarted.sweep([kept, stopped]) == []
+
+
+def test_sweep_tells_a_recreated_vm_from_the_old_one_by_uid(node: Node) -> None:
+    agent = node.agent()
+    old = node.vm("web", [GEN4_A])
+    agent.apply(old)
+    # Same namespace and name, new object (new UID), not applied yet; it was given another VF.
+    recreated = node.vm("web", [GEN4_B])
+    removed = agent.sweep([recreated])
+    assert removed == [f"domain {domain_name('team-a', 'web')} of deleted VM team-a/web", f"VF {GEN4_A} left on vfio-pci"]
+    assert agent.hypervisor.owned_domains() == []
+    assert node.driver(GEN4_A) is None
+    # The new VM then starts cleanly with its own UUID.
+    assert agent.apply(recreated).domain.uuid == str(domain_uuid(recreated.ref.uid))
+
+
+def test_sweep_on_a_clean_node_removes_nothing(node: Node) -> None:
+    agent = node.agent()
+    assert agent.sweep([]) == []
+    vm = node.vm("web", [GEN4_A])
+    agent.apply(vm)
+    assert agent.sweep([vm]) == []
+    assert agent.hypervisor.state(domain_name("team-a", "web")) is DomainState.RUNNING
+    assert node.driver(GEN4_A) == "vfio-pci"
+
+
+def test_sweep_leaves_a_vf_an_admin_bound_to_vfio_before_qatvm(make_node: Callable[..., Node]) -> None:
+    node = make_node({"pfs": [{"generation": "4xxx", "vfs": 2, "vf_drivers": {0: "vfio-pci"}}]})
+    agent = node.agent()
+    vm = node.vm("web", [GEN4_A])
+    agent.apply(vm)
+    removed = agent.sweep([])
+    assert f"VF {GEN4_A} left on vfio-pci" in removed
+    # Released means "back to what it had before qatvm": vfio-pci, as the admin left it.
+    assert node.driver(GEN4_A) == "vfio-pci"
+    assert agent.binder.held() == []
+    assert os.listdir(node.config.state_dir / "binding") == []

@@ -1,0 +1,210 @@
+"""ClusterPicture: what the scheduler believes from watch events, including late and stale ones."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+from qatvm.api.vm import NODE_LABEL, QatRequest
+from qatvm.controller.placement import Placement, place
+from qatvm.controller.scheduler import ClusterPicture
+
+UID = "0b5f6c1e-1111-4c3a-9d7e-000000000001"
+OTHER_UID = "0b5f6c1e-2222-4c3a-9d7e-000000000002"
+
+
+def vm_body(
+    uid: str = UID,
+    *,
+    name: str = "web",
+    rv: str = "1",
+    node: str | None = None,
+    devices: tuple[str, ...] = (),
+    deleting: bool = False,
+    count: int = 1,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "apiVersion": "qatvm.io/v1alpha1",
+        "kind": "QatVirtualMachine",
+        "metadata": {
+            "namespace": "team-a", "name": name, "uid": uid, "resourceVersion": rv, "generation": 1,
+            "creationTimestamp": "2024-05-01T10:00:00Z",
+        },
+        "spec": {"qat": {"count": count}, "image": {"path": "/var/lib/images/base.qcow2"}},
+    }
+    if node is not None:
+        body["metadata"]["labels"] = {NODE_LABEL: node}
+        body["status"] = {
+            "phase": "Scheduled",
+            "nodeName": node,
+            "devices": [{"pciAddress": a, "pfAddress": "0000:10:00.0", "numaNode": 0} for a in devices],
+        }
+    if deleting:
+        body["metadata"]["deletionTimestamp"] = "2024-05-01T10:05:00Z"
+        body["metadata"]["finalizers"] = ["qatvm.io/agent"]
+    return body
+
+
+def vf(address: str, *, healthy: bool = True) -> dict[str, Any]:
+    return {
+        "pciAddress": address, "pfAddress": "0000:10:00.0", "deviceId": "4941", "generation": "4xxx",
+        "services": ["sym", "asym"], "numaNode": 0, "iommuGroup": int(address[-1]), "healthy": healthy,
+        "assignable": True,
+    }
+
+
+def node_body(name: str, **labels: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels}}
+
+
+def inventory_body(name: str, *addresses: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "qatvm.io/v1alpha1", "kind": "QatNode", "metadata": {"name": name},
+        "status": {"vfs": [vf(a) for a in addresses], "total": len(addresses), "free": len(addresses)},
+    }
+
+
+# --- VMs --------------------------------------------------------------------------------------
+
+
+def test_a_vm_without_node_is_pending_and_its_latest_body_is_kept() -> None:
+    picture = ClusterPicture()
+    picture.observe_vm(vm_body(rv="1"))
+    assert list(picture.pending) == [UID]
+    assert picture.allocations == {}
+    picture.observe_vm(vm_body(rv="2"))
+    # The scheduler writes with this body's resourceVersion, so it must be the newest one.
+    assert picture.pending[UID]["metadata"]["resourceVersion"] == "2"
+    assert picture.taken() == set()
+
+
+def test_a_vm_with_node_is_allocated_and_not_pending() -> None:
+    picture = ClusterPicture()
+    picture.observe_vm(vm_body(rv="1"))
+    picture.observe_vm(vm_body(rv="2", node="n1", devices=("0000:10:00.1", "0000:10:00.2")))
+    assert picture.pending == {}
+    assert picture.allocations == {UID: ("n1", ("0000:10:00.1", "0000:10:00.2"))}
+    assert picture.taken() == {("n1", "0000:10:00.1"), ("n1", "0000:10:00.2")}
+
+
+def test_a_placed_vm_seen_first_is_allocated_directly() -> None:
+    # As after a controller restart: the LIST brings VMs placed by the previous leader.
+    picture = ClusterPicture()
+    picture.observe_vm(vm_body(node="n1", devices=("0000:10:00.3",)))
+    assert picture.pending == {}
+    assert picture.taken() == {("n1", "0000:10:00.3")}
+
+
+def test_an_older_event_without_node_after_the_allocation_changes_nothing() -> None:
+    """The scheduler observes its own write (the PATCH response) before the watch delivers the
+    events that came before it; the VF must stay taken, or the next VM gets it too."""
+    picture = ClusterPicture()
+    before = vm_body(rv="5")
+    picture.observe_vm(before)
+    placed = vm_body(rv="7", node="n1", devices=("0000:10:00.1",))
+    picture.observe_vm(placed)  # the PATCH response
+    picture.observe_vm(copy.deepcopy(before))  # the watch, late: an event from before the patch
+    picture.observe_vm(vm_body(rv="6"))  # and another one (e.g. the Pending condition write)
+
+    assert picture.allocations == {UID: ("n1", ("0000:10:00.1",))}
+    assert picture.pending == {}
+    assert ("n1", "0000:10:00.1") in picture.taken()
+
+
+def test_a_stale_event_cannot_make_the_next_placement_reuse_a_vf() -> None:
+    """The invariant end to end through `place`: one free VF, two VMs, a late stale event."""
+    picture = ClusterPicture()
+    picture.observe_node(node_body("n1"))
+    picture.observe_inventory(inventory_body("n1", "0000:10:00.1"))
+    picture.observe_vm(vm_body(rv="1"))
+    picture.observe_vm(vm_body(rv="2", node="n1", devices=("0000:10:00.1",)))
+    picture.observe_vm(vm_body(rv="1"))  # stale
+    picture.observe_vm(vm_body(OTHER_UID, name="db", rv="3"))
+    assert list(picture.pending) == [OTHER_UID]
+    decision = place(QatRequest(count=1), {}, picture.nodes(), picture.taken())
+    assert not isinstance(decision, Placement), decision
+
+
+def test_deleting_a_vm_frees_its_vfs() -> None:
+    picture = ClusterPicture()
+    picture.observe_vm(vm_body(node="n1", devices=("0000:10:00.1",)))
+    picture.observe_vm(vm_body(OTHER_UID, name="db", node="n1", devices=("0000:10:00.2",)))
+    picture.observe_vm(vm_body(node="n1", devices=("0000:10:00.1",), deleting=True), deleted=True)
+    assert picture.taken() == {("n1", "0000:10:00.2")}
+    assert UID not in picture.allocations and UID not in picture.pending
+
+
+def test_deleting_a_pending_vm_drops_it_and_deleting_twice_is_harmless() -> None:
+    picture = ClusterPicture()
+    picture.observe_vm(vm_body())
+    picture.observe_vm(vm_body(), deleted=True)
+    picture.observe_vm(vm_body(), deleted=True)
+    assert picture.pending == {} and picture.allocations == {}
+
+
+def test_a_terminating_vm_keeps_its_vfs_until_it_is_gone() -> None:
+    # The agent's finalizer gives the VFs back first; only the DELETED event frees them.
+    picture = ClusterPicture()
+    picture.observe_vm(vm_body(node="n1", devices=("0000:10:00.1",)))
+    picture.observe_vm(vm_body(rv="9", node="n1", devices=("0000:10:00.1",), deleting=True))
+    assert picture.taken() == {("n1", "0000:10:00.1")}
+
+
+def test_a_vm_seen_first_with_a_deletion_timestamp_never_becomes_pending() -> None:
+    picture = ClusterPicture()
+    picture.observe_vm(vm_body(deleting=True))
+    assert picture.pending == {}
+    assert picture.allocations == {}
+
+
+def test_a_pending_vm_that_starts_terminating_leaves_pending() -> None:
+    picture = ClusterPicture()
+    picture.observe_vm(vm_body(rv="1"))
+    picture.observe_vm(vm_body(rv="2", deleting=True))
+    assert picture.pending == {}
+
+
+# --- nodes ------------------------------------------------------------------------------------
+
+
+def test_nodes_need_both_a_node_object_and_an_inventory() -> None:
+    picture = ClusterPicture()
+    picture.observe_node(node_body("both", zone="a"))
+    picture.observe_inventory(inventory_body("both", "0000:10:00.1", "0000:10:00.2"))
+    picture.observe_node(node_body("labels-only"))
+    picture.observe_inventory(inventory_body("inventory-only", "0000:20:00.1"))
+
+    [only] = picture.nodes()
+    assert only.name == "both"
+    assert only.labels == {"zone": "a"}
+    assert [v.pci_address for v in only.vfs] == ["0000:10:00.1", "0000:10:00.2"]
+
+    # The missing half arrives: the node becomes usable.
+    picture.observe_node(node_body("inventory-only"))
+    assert sorted(n.name for n in picture.nodes()) == ["both", "inventory-only"]
+
+
+def test_node_deleted_or_inventory_without_status_removes_the_node() -> None:
+    picture = ClusterPicture()
+    for name in ("a", "b", "c"):
+        picture.observe_node(node_body(name))
+        picture.observe_inventory(inventory_body(name, "0000:10:00.1"))
+    picture.observe_node(node_body("a"), deleted=True)
+    picture.observe_inventory(inventory_body("b", "0000:10:00.1"), deleted=True)
+    picture.observe_inventory({"metadata": {"name": "c"}})  # status not published (yet, or any more)
+    assert picture.nodes() == []
+
+
+def test_node_labels_and_inventory_follow_the_latest_event() -> None:
+    picture = ClusterPicture()
+    picture.observe_node(node_body("n1", zone="a"))
+    picture.observe_inventory(inventory_body("n1", "0000:10:00.1"))
+    picture.observe_node(node_body("n1", zone="b"))
+    picture.observe_inventory(inventory_body("n1", "0000:10:00.1", "0000:10:00.2"))
+    [only] = picture.nodes()
+    assert only.labels == {"zone": "b"}
+    assert len(only.vfs) == 2
+    # A node with no labels at all is still a node.
+    picture.observe_node({"metadata": {"name": "n1"}})
+    assert picture.nodes()[0].labels == {}
