@@ -430,6 +430,19 @@ def test_sweep_removes_orphans_and_keeps_existing_vms(node: Node) -> None:
     assert restarted.sweep([kept, stopped]) == []
 
 
+def test_sweep_removes_files_of_a_vm_whose_domain_was_never_defined(node: Node) -> None:
+    agent = node.agent()
+    kept = node.vm("kept", [GEN4_A])
+    agent.apply(kept)
+    # An agent killed after making the overlay and before defining the domain; the VM is gone since.
+    leftover = node.config.state_dir / "vms" / domain_name("team-a", "half")
+    leftover.mkdir(parents=True)
+    (leftover / "overlay.qcow2").write_bytes(b"")
+    assert agent.sweep([kept]) == [f"files of deleted VM in {leftover}"]
+    assert not leftover.exists()
+    assert (node.config.state_dir / "vms" / domain_name("team-a", "kept") / "overlay.qcow2").exists()
+
+
 def test_sweep_tells_a_recreated_vm_from_the_old_one_by_uid(node: Node) -> None:
     agent = node.agent()
     old = node.vm("web", [GEN4_A])

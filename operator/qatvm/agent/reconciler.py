@@ -111,6 +111,13 @@ class VmReconciler:
             self.hypervisor.undefine(domain.name)
             shutil.rmtree(self.vm_dir(domain.owner.namespace, domain.owner.name), ignore_errors=True)
             removed.append(f"domain {domain.name} of deleted VM {domain.owner.namespace}/{domain.owner.name}")
+        # Disks and seeds of VMs whose domain was never defined (deleted mid-way, finalizer forced).
+        wanted = {domain_name(vm.ref.namespace, vm.ref.name) for vm in vms}
+        vm_dirs = self.config.state_dir / "vms"
+        for leftover in sorted(vm_dirs.iterdir()) if vm_dirs.is_dir() else []:
+            if leftover.name not in wanted:
+                shutil.rmtree(leftover, ignore_errors=True)
+                removed.append(f"files of deleted VM in {leftover}")
         for address in self.binder.held():
             if address not in held:
                 self.binder.release(address)
