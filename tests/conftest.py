@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from qatvm.controlplane.server import ControlPlane
+from qatvm.hardware import HardwareProfile, generate
+from qatvm.node.sysfs import Sysfs, open_sysfs
 from qatvm.kube import apply_crds, client
 from qatvm.testing.kubectl import Kubectl
 
@@ -39,3 +43,15 @@ def namespace(kubectl: Kubectl, request: pytest.FixtureRequest) -> Iterator[str]
     kubectl.run("create", "namespace", name)
     yield name
     kubectl.run("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture
+def make_node(tmp_path: Path) -> Callable[..., Sysfs]:
+    """Generate a simulated node from a profile (a dict is validated) and open its sysfs."""
+
+    def make(profile: dict[str, Any] | HardwareProfile, name: str = "node") -> Sysfs:
+        root = tmp_path / name / "sys"
+        generate(HardwareProfile.model_validate(profile), root)
+        return open_sysfs(root)
+
+    return make

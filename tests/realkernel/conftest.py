@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -54,27 +55,29 @@ def guest_image(pytestconfig: pytest.Config, timings: dict[str, float]) -> Guest
     return image
 
 
-def boot(image: GuestImage, workdir: Path, timings: dict[str, float], label: str, iommu: bool, *preload: str) -> Node:
-    guest = Guest(image, workdir, iommu=iommu)
-    guest.start()
-    timings[f"{label}: boot to agent"] = guest.boot_seconds
+@contextmanager
+def booted(image: GuestImage, workdir: Path, timings: dict[str, float], label: str, iommu: bool, *preload: str) -> Iterator[Node]:
+    """A guest from boot to shutdown, its timings recorded under `label`."""
     started = time.monotonic()
-    guest.preload(*preload, path=HERE)
-    pf, vfs = guest.enable_vfs()
-    timings[f"{label}: imports + VFs"] = time.monotonic() - started
-    return Node(guest, pf, vfs)
+    guest = Guest(image, workdir, iommu=iommu)
+    try:
+        guest.start()
+        timings[f"{label}: boot to agent"] = guest.boot_seconds
+        prepared = time.monotonic()
+        guest.preload(*preload, path=HERE)
+        pf, vfs = guest.enable_vfs()
+        timings[f"{label}: imports + VFs"] = time.monotonic() - prepared
+        yield Node(guest, pf, vfs)
+    finally:
+        guest.close()
+        timings[f"{label}: guest's whole life"] = time.monotonic() - started
 
 
 @pytest.fixture(scope="session")
 def node(guest_image: GuestImage, tmp_path_factory: pytest.TempPathFactory, timings: dict[str, float]) -> Iterator[Node]:
     """The guest booted with intel_iommu=on."""
-    started = time.monotonic()
-    booted = boot(guest_image, tmp_path_factory.mktemp("guest"), timings, "IOMMU on", True, *PRELOAD, *PRELOAD_LIBVIRT)
-    try:
-        yield booted
-    finally:
-        booted.guest.close()
-        timings["IOMMU on: guest's whole life"] = time.monotonic() - started
+    with booted(guest_image, tmp_path_factory.mktemp("guest"), timings, "IOMMU on", True, *PRELOAD, *PRELOAD_LIBVIRT) as node:
+        yield node
 
 
 @pytest.fixture(scope="session")
@@ -82,13 +85,8 @@ def node_without_iommu(
     guest_image: GuestImage, tmp_path_factory: pytest.TempPathFactory, timings: dict[str, float]
 ) -> Iterator[Node]:
     """The same guest booted without intel_iommu=on: the IOMMU is there but the kernel leaves it off."""
-    started = time.monotonic()
-    booted = boot(guest_image, tmp_path_factory.mktemp("guest-noiommu"), timings, "IOMMU off", False, *PRELOAD)
-    try:
-        yield booted
-    finally:
-        booted.guest.close()
-        timings["IOMMU off: guest's whole life"] = time.monotonic() - started
+    with booted(guest_image, tmp_path_factory.mktemp("guest-noiommu"), timings, "IOMMU off", False, *PRELOAD) as node:
+        yield node
 
 
 @pytest.fixture(scope="session")
