@@ -8,15 +8,13 @@ in a temporary folder and stops it at the end.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from qatvm.testing.cluster import E2eCluster, LocalNodes
+from qatvm.testing.cluster import E2eCluster, LocalNodes, local_cluster
 from qatvm.testing.kubectl import Kubectl
 
 
@@ -27,15 +25,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2eCluster]:
         kubectl_binary = Path(os.environ.get("QATVM_E2E_KUBECTL", "kubectl"))
         yield E2eCluster(Kubectl(kubectl_binary, Path(external)), local=None)
         return
-    state_dir = tmp_path_factory.mktemp("e2e") / "cluster"
-    qatvm = [sys.executable, "-m", "qatvm", "local"]
-    up = subprocess.run([*qatvm, "up", "--nodes", "2", "--state-dir", str(state_dir)], capture_output=True, text=True, timeout=300)
-    if up.returncode != 0:
-        pytest.fail(f"qatvm local up failed:\n{up.stderr}")
-    try:
-        yield E2eCluster(Kubectl(state_dir / "bin" / "kubectl", state_dir / "kubeconfig"), local=LocalNodes(state_dir))
-    finally:
-        subprocess.run([*qatvm, "down", "--state-dir", str(state_dir)], capture_output=True, text=True, timeout=120)
+    with local_cluster(tmp_path_factory.mktemp("e2e") / "cluster", nodes=2) as cluster:
+        yield cluster
 
 
 @pytest.fixture

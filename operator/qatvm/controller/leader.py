@@ -120,7 +120,7 @@ class LeaderElection:
                     break
                 log.info("lease %s/%s is held by another controller; standing by", self.namespace, self.name)
             except ApiError as error:
-                log.warning("reading the lease failed: %s; retrying", error.status.message)
+                log.warning("taking the lease failed: %s; retrying", error.status.message)
             except OSError as error:
                 log.warning("the API server is unreachable: %s; retrying", error)
             await asyncio.sleep(self.renew_seconds)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +53,23 @@ class LocalNodes:
 class E2eCluster:
     kubectl: Kubectl
     local: LocalNodes | None
+
+
+class ClusterStartError(RuntimeError):
+    pass
+
+
+@contextmanager
+def local_cluster(state_dir: Path, nodes: int) -> Iterator[E2eCluster]:
+    """`qatvm local up` in `state_dir` for the duration of the block, then `down`."""
+    qatvm = [sys.executable, "-m", "qatvm", "local"]
+    up = subprocess.run([*qatvm, "up", "--nodes", str(nodes), "--state-dir", str(state_dir)], capture_output=True, text=True, timeout=300)
+    if up.returncode != 0:
+        raise ClusterStartError(f"qatvm local up failed:\n{up.stderr}")
+    try:
+        yield E2eCluster(Kubectl(state_dir / "bin" / "kubectl", state_dir / "kubeconfig"), local=LocalNodes(state_dir))
+    finally:
+        subprocess.run([*qatvm, "down", "--state-dir", str(state_dir)], capture_output=True, text=True, timeout=120)
 
 
 def eventually(check: Callable[[], Any], timeout: float = 60.0, interval: float = 0.25) -> Any:
