@@ -78,7 +78,7 @@ import json, os
 from pathlib import Path
 from qatvm.node.binding import VfBinder
 from qatvm.node.sysfs import open_sysfs
-vf, state_dir = {vf!r}, Path("/tmp/qatvm-binding")
+vf, state_dir = {vf!r}, Path("/run/qatvm-binding")
 binder = VfBinder(open_sysfs(), state_dir)
 steps = {{"before": kernel_state(vf)}}
 try:

@@ -20,7 +20,7 @@ from qatvm.node.binding import BindingError, VfBinder
 from qatvm.node.devices import ExtraVfId
 from qatvm.node.discovery import discover
 from qatvm.node.sysfs import open_sysfs
-vf, state_dir = {vf!r}, Path("/tmp/qatvm-binding")
+vf, state_dir = {vf!r}, Path("/run/qatvm-binding")
 dev = f"/sys/bus/pci/devices/{{vf}}"
 sysfs = open_sysfs()
 seen = {{"groups": os.listdir("/sys/kernel/iommu_groups"), "group_link": os.path.exists(f"{{dev}}/iommu_group")}}

@@ -18,7 +18,7 @@ from qatvm.domain import CpuMode, DomainSpec, VirtType, VmRef, build_domain
 from qatvm.hypervisor import HypervisorError, open_hypervisor
 from qatvm.node.binding import VfBinder
 from qatvm.node.sysfs import open_sysfs
-binder = VfBinder(open_sysfs(), Path("/tmp/qatvm-binding"))
+binder = VfBinder(open_sysfs(), Path("/run/qatvm-binding"))
 def spec(name, vf):
     disk = Path(f"/var/lib/libvirt/images/{name}.qcow2")
     disk.parent.mkdir(parents=True, exist_ok=True)
