@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
-from qatvm.domain import QATVM_XMLNS, Domain, DomainSpec, NetworkKind, NetworkSpec, VmRef, build_domain
+from qatvm.api.base import ObjectRef
+from qatvm.domain import QATVM_XMLNS, Domain, DomainSpec, NetworkKind, NetworkSpec, build_domain
 
-OWNER = VmRef(namespace="team-a", name="crypto-1", uid="5f0c2b1e-9a7d-4e3c-8b21-0d9e8f7a6c54")
+OWNER = ObjectRef(namespace="team-a", name="crypto-1", uid="5f0c2b1e-9a7d-4e3c-8b21-0d9e8f7a6c54")
 
 
 def full_spec(**overrides: object) -> DomainSpec:

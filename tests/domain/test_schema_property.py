@@ -7,7 +7,8 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from qatvm.domain import CpuMode, Domain, DomainSpec, NetworkKind, NetworkSpec, VirtType, VmRef, build_domain
+from qatvm.api.base import ObjectRef
+from qatvm.domain import CpuMode, Domain, DomainSpec, NetworkKind, NetworkSpec, VirtType, build_domain
 from qatvm.domain.spec import MIB
 
 _label = st.from_regex(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", fullmatch=True)
@@ -33,7 +34,7 @@ _networks = st.one_of(
 
 specs = st.builds(
     DomainSpec,
-    owner=st.builds(VmRef, namespace=_label, name=_names, uid=st.uuids().map(str)),
+    owner=st.builds(ObjectRef, namespace=_label, name=_names, uid=st.uuids().map(str)),
     vcpus=st.integers(1, 256),
     memory_bytes=st.integers(16 * MIB, 4 * 1024**4),
     disk=_paths,

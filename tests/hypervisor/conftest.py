@@ -6,7 +6,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from qatvm.domain import DomainSpec, VmRef
+from qatvm.api.base import ObjectRef
+from qatvm.domain import DomainSpec
 from qatvm.hypervisor import Hypervisor, open_hypervisor
 
 
@@ -17,7 +18,7 @@ def make_spec() -> Callable[..., DomainSpec]:
     def make(name: str, *, namespace: str = "team-a", uid: str | None = None, **fields: object) -> DomainSpec:
         return DomainSpec.model_validate(
             {
-                "owner": VmRef(namespace=namespace, name=name, uid=uid or str(uuid.uuid4())),
+                "owner": ObjectRef(namespace=namespace, name=name, uid=uid or str(uuid.uuid4())),
                 "vcpus": 2,
                 "memory_bytes": 512 * 1024**2,
                 "disk": Path(f"/var/lib/qatvm/vms/{namespace}/{name}/disk.qcow2"),

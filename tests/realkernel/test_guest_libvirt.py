@@ -14,7 +14,8 @@ pytestmark = pytest.mark.realkernel
 DOMAINS = """
 import json, os, subprocess
 from pathlib import Path
-from qatvm.domain import CpuMode, DomainSpec, VirtType, VmRef, build_domain
+from qatvm.api.base import ObjectRef
+from qatvm.domain import CpuMode, DomainSpec, VirtType, build_domain
 from qatvm.hypervisor import HypervisorError, open_hypervisor
 from qatvm.node.binding import VfBinder
 from qatvm.node.sysfs import open_sysfs
@@ -23,7 +24,7 @@ def spec(name, vf):
     disk = Path(f"/var/lib/libvirt/images/{name}.qcow2")
     disk.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "16M"], check=True)
-    return DomainSpec(owner=VmRef(namespace="realkernel", name=name, uid=f"uid-{name}"), vcpus=1,
+    return DomainSpec(owner=ObjectRef(namespace="realkernel", name=name, uid=f"uid-{name}"), vcpus=1,
                       memory_bytes=64 << 20, disk=disk, hostdevs=(vf,), virt_type=VirtType.QEMU,
                       cpu_mode=CpuMode.MAXIMUM)
 def start_error(hv, name):

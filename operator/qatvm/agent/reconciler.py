@@ -19,7 +19,7 @@ from qatvm.domain.builder import build_domain
 from qatvm.domain.cloudinit import write_nocloud_iso
 from qatvm.domain.disks import ensure_overlay
 from qatvm.domain.naming import domain_name
-from qatvm.domain.spec import DomainSpec, VmRef
+from qatvm.domain.spec import DomainSpec
 from qatvm.hypervisor import DomainState, Hypervisor
 from qatvm.node.binding import VfBinder
 
@@ -51,7 +51,7 @@ class VmReconciler:
         files = self.vm_dir(ref.namespace, ref.name)
         user_data = vm.spec.cloud_init.user_data if vm.spec.cloud_init else None
         return DomainSpec(
-            owner=VmRef(namespace=ref.namespace, name=ref.name, uid=ref.uid),
+            owner=ref,
             vcpus=vm.spec.vcpus,
             memory_bytes=vm.spec.memory_bytes,
             disk=files / "overlay.qcow2",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 
@@ -17,9 +17,16 @@ class ApiModel(BaseModel):
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
-class ObjectRef(ApiModel):
-    """Who holds a VF: enough to find the VM and to tell a re-created one apart."""
+_DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+_DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 
-    namespace: str
-    name: str
-    uid: str
+
+class ObjectRef(ApiModel):
+    """A VM as other objects name it (a VF's holder, a domain's owner): the UID tells a
+    re-created VM of the same name apart."""
+
+    model_config = ConfigDict(frozen=True)
+
+    namespace: str = Field(pattern=_DNS_LABEL)
+    name: str = Field(max_length=253, pattern=_DNS_SUBDOMAIN)
+    uid: str = Field(pattern=r"^[A-Za-z0-9-]{1,128}$")

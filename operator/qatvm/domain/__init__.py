@@ -5,7 +5,7 @@ from __future__ import annotations
 from qatvm.domain.builder import build_domain
 from qatvm.domain.models import QATVM_XMLNS, Domain, DomainIdentity, VmOwner
 from qatvm.domain.naming import domain_name, domain_uuid
-from qatvm.domain.spec import CpuMode, DomainSpec, NetworkKind, NetworkSpec, VirtType, VmRef
+from qatvm.domain.spec import CpuMode, DomainSpec, NetworkKind, NetworkSpec, VirtType
 
 __all__ = [
     "QATVM_XMLNS",
@@ -17,7 +17,6 @@ __all__ = [
     "NetworkSpec",
     "VirtType",
     "VmOwner",
-    "VmRef",
     "build_domain",
     "domain_name",
     "domain_uuid",

@@ -10,10 +10,9 @@ from uuid import UUID
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from qatvm.api.base import ObjectRef
 from qatvm.domain.naming import domain_name, domain_uuid
 
-_DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
-_DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 # Domain numbers above 0xffff exist (Intel VMD puts devices in domain 0x10000 and up).
 _PCI_ADDRESS = re.compile(r"^([0-9a-f]{4,8}):([0-9a-f]{2}):([01][0-9a-f])\.([0-7])$")
 
@@ -60,16 +59,6 @@ def split_pci_address(address: PciAddress) -> tuple[int, int, int, int]:
     )
 
 
-class VmRef(BaseModel):
-    """The Kubernetes object a domain belongs to; the UID tells a re-created VM apart."""
-
-    model_config = ConfigDict(frozen=True)
-
-    namespace: str = Field(pattern=_DNS_LABEL)
-    name: str = Field(max_length=253, pattern=_DNS_SUBDOMAIN)
-    uid: str = Field(pattern=r"^[A-Za-z0-9-]{1,128}$")
-
-
 class VirtType(StrEnum):
     KVM = "kvm"
     # Software emulation, for hosts without /dev/kvm; passthrough still needs an IOMMU.
@@ -108,7 +97,7 @@ class NetworkSpec(BaseModel):
 class DomainSpec(BaseModel):
     model_config = ConfigDict(frozen=True)
 
-    owner: VmRef
+    owner: ObjectRef
     vcpus: int = Field(ge=1, le=1024)
     memory_bytes: int = Field(ge=16 * MIB)
     disk: HostPath

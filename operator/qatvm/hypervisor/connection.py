@@ -20,7 +20,7 @@ import libvirt
 from pydantic import ValidationError
 
 from qatvm.domain.models import Domain, DomainIdentity
-from qatvm.domain.spec import VmRef
+from qatvm.api.base import ObjectRef
 from qatvm.hypervisor.errors import ConnectionFailed, DomainActive, DomainNotFound, HypervisorError, translate
 from qatvm.hypervisor.state import DomainState
 
@@ -49,7 +49,7 @@ def open_connection(uri: str) -> libvirt.virConnect:
 class OwnedDomain:
     name: str
     uuid: UUID
-    owner: VmRef
+    owner: ObjectRef
     state: DomainState
 
 
@@ -171,7 +171,7 @@ class Hypervisor:
                 log.warning("ignoring domain %s: its XML does not parse: %s", dom.name(), error)
                 continue
             try:
-                owner = VmRef.model_validate(identity.owner.model_dump())
+                owner = ObjectRef.model_validate(identity.owner.model_dump())
             except ValidationError as error:
                 log.warning("ignoring domain %s: its qatvm metadata is not valid: %s", identity.name, error)
                 continue
