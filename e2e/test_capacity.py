@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from vms import all_vms, condition, status, vm, wait_ready
-
 from qatvm.testing.cluster import eventually
 from qatvm.testing.kubectl import Kubectl
+from vms import all_vms, condition, status, vm, wait_ready
 
 
 def _free_everywhere(kubectl: Kubectl) -> int:

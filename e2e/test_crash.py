@@ -8,12 +8,11 @@ import signal
 import time
 from typing import Any
 
-from vms import all_vms, vm
-
 from qatvm.node.binding import VfBinder
 from qatvm.node.sysfs import open_sysfs
 from qatvm.testing.cluster import LocalNodes, eventually
 from qatvm.testing.kubectl import Kubectl
+from vms import all_vms, vm
 
 
 def _kill(nodes: LocalNodes, component: str) -> None:

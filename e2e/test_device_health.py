@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from vms import condition, status, vm, wait_ready
 
 from qatvm.node.sysfs import open_sysfs
 from qatvm.testing.cluster import E2eCluster, eventually, local_cluster
+from vms import condition, status, vm, wait_ready
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +27,27 @@ def private(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2eCluster]:
 
 def _events(cluster: E2eCluster, name: str) -> list[dict[str, Any]]:
     return cluster.kubectl.json("get", "events", "-n", "default", "--field-selector", f"involvedObject.name={name}")["items"]  # type: ignore[no-any-return]
+
+
+def test_vfs_that_appear_are_published(private: E2eCluster) -> None:
+    kubectl, nodes = private.kubectl, private.local
+    assert nodes is not None
+    inventory = kubectl.json("get", "qatnode", "node-1")["status"]
+    pf = next(v["pfAddress"] for v in inventory["vfs"] if v["services"] == ["dc"])
+    enabled = sum(1 for v in inventory["vfs"] if v["pfAddress"] == pf)
+    sysfs = open_sysfs(nodes.root("node-1") / "sys")
+    total_vfs = int(sysfs.read(f"bus/pci/devices/{pf}/sriov_totalvfs"))
+    # As an admin does: SR-IOV off, then on with every VF the PF can have.
+    sysfs.write(f"bus/pci/devices/{pf}/sriov_numvfs", "0")
+    sysfs.write(f"bus/pci/devices/{pf}/sriov_numvfs", str(total_vfs))
+
+    def published() -> None:
+        now = kubectl.json("get", "qatnode", "node-1")["status"]
+        assert now["total"] == inventory["total"] - enabled + total_vfs, now["total"]
+        node = kubectl.json("get", "node", "node-1")["status"]
+        assert node["allocatable"]["qatvm.io/vf"] == str(now["total"])
+
+    eventually(published, timeout=30)
 
 
 def test_failed_heartbeat_is_reported_and_its_vfs_are_not_handed_out(private: E2eCluster) -> None:

@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 from lightkube.core.exceptions import ApiError
 from lightkube.types import PatchType
-from vms import status, vm, wait_ready
 
 from qatvm.kube import QatNodeResource, QatVirtualMachineResource, client
 from qatvm.testing.cluster import LocalNodes
 from qatvm.testing.kubectl import Kubectl
+from vms import status, vm, wait_ready
 
 
 def _refused(kubectl: Kubectl, *args: str) -> str:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import time
 
-from vms import condition, status, vm, wait_ready
-
 from qatvm.testing.cluster import LocalNodes, eventually
 from qatvm.testing.kubectl import Kubectl
+from vms import condition, status, vm, wait_ready
 
 
 def test_apply_runs_a_domain_with_exactly_its_vfs(kubectl: Kubectl, nodes: LocalNodes, namespace: str) -> None:

@@ -10,8 +10,8 @@ import pytest
 
 from qatvm.controlplane.server import ControlPlane
 from qatvm.hardware import HardwareProfile, generate
-from qatvm.node.sysfs import Sysfs, open_sysfs
 from qatvm.kube import apply_crds, client
+from qatvm.node.sysfs import Sysfs, open_sysfs
 from qatvm.testing.kubectl import Kubectl
 
 

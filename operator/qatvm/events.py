@@ -28,7 +28,7 @@ class EventRecorder:
 
     async def post(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
         meta = body["metadata"]
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         event = Event(
             metadata=ObjectMeta(generateName=f"{meta['name']}.", namespace=meta.get("namespace") or "default"),
             involvedObject=ObjectReference(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from lightkube import Client
 from lightkube.codecs import load_all_yaml
@@ -44,11 +44,16 @@ def apply_crds(kube: Client, directory: Path | None = None, timeout: float = 30.
     `Established` comes before the API server's watch cache for the new resource is filled, and
     a LIST in between fails with "storage is (re)initializing": callers must not see that.
     """
-    crds = [crd for path in sorted((directory or crd_dir()).glob("*.yaml")) for crd in load_all_yaml(path.read_text())]
+    crds = [
+        cast(CustomResourceDefinition, crd)
+        for path in sorted((directory or crd_dir()).glob("*.yaml"))
+        for crd in load_all_yaml(path.read_text())
+    ]
+    names = [str(crd.metadata.name) for crd in crds if crd.metadata]
     for crd in crds:
         kube.apply(crd, force=True)
     deadline = time.monotonic() + timeout
-    for crd in crds:
+    for crd, name in zip(crds, names, strict=True):
         version = next(v.name for v in crd.spec.versions if v.served)
         resource = get_generic_resource(f"{crd.spec.group}/{version}", crd.spec.names.kind) or _register(crd)
         while True:
@@ -58,9 +63,9 @@ def apply_crds(kube: Client, directory: Path | None = None, timeout: float = 30.
                 break
             except Exception as error:  # noqa: BLE001 - 404 then 503 while the resource comes up
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"CRD {crd.metadata.name} not served after {timeout:.0f}s: {error}") from error
+                    raise TimeoutError(f"CRD {name} not served after {timeout:.0f}s: {error}") from error
                 time.sleep(0.1)
-    return [crd.metadata.name for crd in crds]
+    return names
 
 
 def _register(crd: CustomResourceDefinition) -> Any:

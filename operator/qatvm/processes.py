@@ -33,7 +33,7 @@ class ManagedProcess:
     def __init__(
         self,
         name: str,
-        argv: Sequence[str],
+        argv: Sequence[str | Path | int],
         log_path: Path,
         *,
         env: dict[str, str] | None = None,

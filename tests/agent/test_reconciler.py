@@ -16,6 +16,7 @@ from typing import Any
 
 import pycdlib
 import pytest
+
 from qatvm.agent.config import AgentConfig
 from qatvm.agent.reconciler import AllocationMissing, VmReconciler
 from qatvm.api.qatnode import QatVf
@@ -27,7 +28,7 @@ from qatvm.hardware import HardwareProfile, generate
 from qatvm.hypervisor import DomainState, Hypervisor, open_hypervisor
 from qatvm.node.binding import BindingError, DenylistedError, IommuOffError, VfBinder
 from qatvm.node.discovery import discover
-from qatvm.node.sysfs import Sysfs, open_sysfs
+from qatvm.node.sysfs import open_sysfs
 
 NODE = "node-1"
 BASE = "/var/lib/qatvm/images/base.qcow2"

@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator, Callable
 import lightkube
 import pytest
 from lightkube import KubeConfig
-from lightkube.core.exceptions import ApiError
 from lightkube.resources.coordination_v1 import Lease
 
 from qatvm.controller.leader import LeaderElection
@@ -149,7 +148,7 @@ async def test_hold_keeps_the_lease_and_returns_when_another_holds_it(candidate:
     # Another controller takes the lease (as after a long pause of this one): hold must return.
     lease = await read_lease(a)
     lease.spec.holderIdentity = "ctl-b"
-    lease.spec.renewTime = datetime.datetime.now(datetime.timezone.utc)
+    lease.spec.renewTime = datetime.datetime.now(datetime.UTC)
     await b.client.replace(lease)
     await asyncio.wait_for(holding, timeout=3)
     assert (await read_lease(a)).spec.holderIdentity == "ctl-b"
@@ -171,7 +170,7 @@ async def test_a_lease_whose_times_fall_on_a_whole_second_can_be_renewed(
     candidate: MakeCandidate, kubectl: Kubectl, namespace: str
 ) -> None:
     # What a Go client (client-go writes MicroTime with 6 digits) or an admin may have stored.
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000000Z")
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.000000Z")
     kubectl.run("apply", "-f", "-", input={
         "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
         "metadata": {"name": "qatvm-controller", "namespace": namespace},

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-import pytest
 from qatvm.api.vm import NODE_LABEL, QatRequest
 from qatvm.controller.placement import Placement, place
 from qatvm.controller.scheduler import ClusterPicture

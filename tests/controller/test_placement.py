@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from qatvm.api.qatnode import QatVf
-from qatvm.api.vm import NumaPolicy, QatRequest
+from qatvm.api.vm import QatRequest
 from qatvm.controller.placement import NodeInventory, NoFit, Placement, Strategy, place
 
 

@@ -76,7 +76,10 @@ def test_watch_with_bookmarks_stays_open_a_minute(
     """kopf watches with bookmarks; an etcd too old for progress requests breaks exactly this."""
     path = f"/apis/qatvm.io/v1alpha1/namespaces/{namespace}/qatvirtualmachines"
     result: dict[str, Any] = {}
-    watcher = threading.Thread(target=lambda: result.update(zip(("events", "seconds"), _watch(control_plane, path, 65))))
+    def watch() -> None:
+        result["events"], result["seconds"] = _watch(control_plane, path, 65)
+
+    watcher = threading.Thread(target=watch)
     watcher.start()
     time.sleep(2)
     kubectl.apply(vm("watched", namespace))

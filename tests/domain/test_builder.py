@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
+
 from qatvm.api.base import ObjectRef
 from qatvm.domain import QATVM_XMLNS, Domain, DomainSpec, NetworkKind, NetworkSpec, build_domain
 

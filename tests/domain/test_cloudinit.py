@@ -8,6 +8,7 @@ from pathlib import Path
 import pycdlib
 import pytest
 import yaml
+
 from qatvm.domain.cloudinit import write_nocloud_iso
 
 USER_DATA = "#cloud-config\nusers:\n  - name: ops\n    ssh_authorized_keys: [ssh-ed25519 AAAA ops@example]\n"

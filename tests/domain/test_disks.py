@@ -4,6 +4,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from qatvm.domain.disks import DiskError, ensure_overlay, image_info
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from qatvm.api.base import ObjectRef
 from qatvm.domain import CpuMode, Domain, DomainSpec, NetworkKind, NetworkSpec, VirtType, build_domain
 from qatvm.domain.spec import MIB

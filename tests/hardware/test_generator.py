@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 from pydantic import ValidationError
+
 from qatvm.hardware import DEFAULT_PROFILE, HardwareProfile, generate, load_profile
 from qatvm.hardware.cli import main as hardware_main
 from qatvm.node.devices import GENERATIONS

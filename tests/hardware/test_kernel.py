@@ -9,6 +9,7 @@ import threading
 from collections.abc import Callable
 
 import pytest
+
 from qatvm.node.sysfs import Sysfs, open_sysfs
 
 MakeNode = Callable[..., Sysfs]

@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
 from qatvm.api.base import ObjectRef
 from qatvm.domain import DomainSpec
 from qatvm.hypervisor import Hypervisor, open_hypervisor

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+
 from qatvm.domain import DomainSpec, build_domain
 from qatvm.hypervisor import (
     ConnectionFailed,

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import libvirt
+
 import qatvm
 from qatvm.domain import DomainSpec, build_domain
 from qatvm.hypervisor import DomainState, PersistentTestHypervisor, open_hypervisor

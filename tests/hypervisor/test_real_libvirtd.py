@@ -20,6 +20,7 @@ from pathlib import Path
 
 import libvirt
 import pytest
+
 from qatvm.domain import DomainSpec, build_domain
 from qatvm.domain.cloudinit import write_nocloud_iso
 from qatvm.domain.disks import ensure_overlay

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from qatvm.node.devices import BY_PF_DEVICE, BY_VF_DEVICE, GENERATIONS, ExtraVfId, vfio_denylisted
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+
 from qatvm.hardware import DEFAULT_PROFILE
 from qatvm.node.devices import GENERATIONS, ExtraVfId, Generation
 from qatvm.node.discovery import discover

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from qatvm.node.devices import GENERATIONS
 from qatvm.node.inventory_cli import COLUMNS, main
 from qatvm.node.sysfs import Sysfs

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from guest_node import Node
+
 from qatvm.testbed.guest import Guest
 from qatvm.testbed.guest_image import GuestImage, build
 

@@ -19,6 +19,7 @@ from typing import Any
 import kernel_reactions
 import pytest
 from guest_node import Node
+
 from qatvm.hardware import HardwareProfile, generate
 from qatvm.node.sysfs import Sysfs, open_sysfs
 

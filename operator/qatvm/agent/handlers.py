@@ -12,11 +12,11 @@ from typing import Any
 
 import kopf
 
-from qatvm.login import register_login
 from qatvm.agent import status as report
 from qatvm.agent.reconciler import AllocationMissing
 from qatvm.agent.service import NodeAgent
 from qatvm.api.vm import GROUP, NODE_LABEL, PLURAL, VERSION, QatVirtualMachine
+from qatvm.login import register_login
 
 registry = kopf.OperatorRegistry()
 register_login(registry)

@@ -11,6 +11,7 @@ from typing import Any
 
 from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
+from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Node
 from lightkube.types import PatchType
 
@@ -75,7 +76,7 @@ class InventoryPublisher:
         if self.published is not None:
             return
         try:
-            await self.client.create(QatNodeResource(metadata={"name": self.config.node}, spec={}))  # type: ignore[call-arg]
+            await self.client.create(QatNodeResource(metadata=ObjectMeta(name=self.config.node), spec={}))
             log.info("created QatNode %s", self.config.node)
         except ApiError as error:
             if error.status.code != 409:

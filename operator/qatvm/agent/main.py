@@ -12,11 +12,11 @@ import kopf
 from lightkube import AsyncClient
 from lightkube.config.kubeconfig import KubeConfig
 
+from qatvm import logs
 from qatvm.agent import handlers
 from qatvm.agent.config import AgentConfig
 from qatvm.agent.service import NodeAgent
 from qatvm.domain.spec import CpuMode, VirtType
-from qatvm import logs
 from qatvm.node.devices import ExtraVfId
 
 

@@ -20,8 +20,8 @@ from qatvm.agent.status import device_health
 from qatvm.api.base import ObjectRef
 from qatvm.api.qatnode import QatNodeStatus
 from qatvm.api.vm import NODE_LABEL, QatVirtualMachine
-from qatvm.hypervisor import open_hypervisor
 from qatvm.events import EventRecorder
+from qatvm.hypervisor import open_hypervisor
 from qatvm.kube import QatVirtualMachineResource
 from qatvm.node.binding import VfBinder
 from qatvm.node.sysfs import open_sysfs

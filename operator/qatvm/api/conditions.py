@@ -34,7 +34,7 @@ def set_condition(
     """A copy of `conditions` with `type_` set; its transition time moves only if status changes."""
     previous = next((c for c in conditions if c.type == type_), None)
     changed = previous is None or previous.status != status
-    timestamp = (now or datetime.datetime.now(datetime.timezone.utc)).replace(microsecond=0)
+    timestamp = (now or datetime.datetime.now(datetime.UTC)).replace(microsecond=0)
     updated = Condition(
         type=type_,
         status=status,

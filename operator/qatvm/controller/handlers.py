@@ -12,9 +12,9 @@ from typing import Any
 
 import kopf
 
-from qatvm.login import register_login
 from qatvm.api.vm import GROUP, PLURAL, VERSION
 from qatvm.controller.scheduler import Scheduler
+from qatvm.login import register_login
 
 registry = kopf.OperatorRegistry()
 register_login(registry)

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 
 def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
+    return datetime.datetime.now(datetime.UTC)
 
 
 def _micro_time(moment: datetime.datetime) -> str:

@@ -13,11 +13,11 @@ import kopf
 from lightkube import AsyncClient
 from lightkube.config.kubeconfig import KubeConfig
 
+from qatvm import logs
 from qatvm.controller import handlers
 from qatvm.controller.leader import LeaderElection
 from qatvm.controller.placement import Strategy
 from qatvm.controller.scheduler import Scheduler
-from qatvm import logs
 
 FIELD_MANAGER = "qatvm-controller"
 

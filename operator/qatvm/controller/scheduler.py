@@ -118,9 +118,9 @@ class Scheduler:
         async for vm in self.client.list(QatVirtualMachineResource, namespace="*"):
             body = vm.to_dict()
             self.picture.observe_vm(body)
-            node = (body.get("status") or {}).get("nodeName")
-            if node and (body["metadata"].get("labels") or {}).get(NODE_LABEL) != node:
-                await self._label(body, node)
+            placed_on = (body.get("status") or {}).get("nodeName")
+            if placed_on and (body["metadata"].get("labels") or {}).get(NODE_LABEL) != placed_on:
+                await self._label(body, placed_on)
         self.wake.set()
 
     async def run(self) -> None:

@@ -56,7 +56,7 @@ def _issue(
     extensions: list[tuple[x509.ExtensionType, bool]],
 ) -> x509.Certificate:
     issuer_name, issuer_key = issuer if issuer else (subject, key)
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     builder = (
         x509.CertificateBuilder()
         .subject_name(subject)

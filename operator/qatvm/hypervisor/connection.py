@@ -19,8 +19,8 @@ from uuid import UUID
 import libvirt
 from pydantic import ValidationError
 
-from qatvm.domain.models import Domain, DomainIdentity
 from qatvm.api.base import ObjectRef
+from qatvm.domain.models import Domain, DomainIdentity
 from qatvm.hypervisor.errors import ConnectionFailed, DomainActive, DomainNotFound, HypervisorError, translate
 from qatvm.hypervisor.state import DomainState
 

@@ -35,12 +35,10 @@ def up(state_dir: Path, nodes: int, hardware: Path | None) -> int:
     ensure_built()
     state_dir.mkdir(parents=True, exist_ok=True)
     ClusterState.path(state_dir).unlink(missing_ok=True)
+    profile: list[str | Path] = ["--hardware", hardware.resolve()] if hardware else []
     supervisor = ManagedProcess(
         "supervisor",
-        [
-            sys.executable, "-m", "qatvm.local.supervisor", "--state-dir", state_dir, "--nodes", nodes,
-            *(["--hardware", hardware.resolve()] if hardware else []),
-        ],
+        [sys.executable, "-m", "qatvm.local.supervisor", "--state-dir", state_dir, "--nodes", nodes, *profile],
         state_dir / "logs" / "supervisor.log",
         env=_child_env(),
         # The cluster must outlive this command; `local down` stops it.

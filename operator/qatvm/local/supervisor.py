@@ -126,7 +126,7 @@ class Supervisor:
         deadline = time.monotonic() + INVENTORY_TIMEOUT
         waiting = {n.name for n in self.nodes}
         while waiting:
-            waiting -= {item.metadata.name for item in kube.list(QatNodeResource) if item.to_dict().get("status")}
+            waiting -= {item.to_dict()["metadata"]["name"] for item in kube.list(QatNodeResource) if item.to_dict().get("status")}
             crashed = [p for p in self.operators if not p.alive()]
             if crashed:
                 raise RuntimeError(f"{crashed[0].name} exited during start-up:\n{crashed[0].log_tail()}")
