@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ from lightkube.core.exceptions import ApiError
 from lightkube.types import PatchType
 
 from qatvm.kube import QatNodeResource, QatVirtualMachineResource, client
-from qatvm.testing.cluster import LocalNodes
+from qatvm.testing.cluster import LocalNodes, eventually
 from qatvm.testing.kubectl import Kubectl
 from vms import status, vm, wait_ready
 
@@ -80,3 +81,25 @@ def test_writes_per_vm_from_create_to_ready(kubectl: Kubectl, nodes: LocalNodes,
     operator_writes = len(writes) - by_user.get("qatvm-admin", 0)
     assert by_user.get("qatvm-controller") == 2  # allocation into status, then the node label
     assert operator_writes <= 6, by_user
+
+
+def test_idle_agents_write_nothing(kubectl: Kubectl, nodes: LocalNodes) -> None:
+    """Agents rescan sysfs every 2 s; with nothing changing, the API server sees no write from them."""
+
+    def settled() -> None:
+        # Earlier tests' namespaces are still being deleted, and their VMs with them.
+        phases = [ns["status"]["phase"] for ns in kubectl.json("get", "namespaces")["items"]]
+        assert "Terminating" not in phases
+
+    eventually(settled, timeout=120, interval=1)
+
+    def agent_writes() -> list[tuple[str, dict[str, str]]]:
+        return [
+            (e["verb"], e["objectRef"]) for e in nodes.audit.events()
+            if e["verb"] in ("create", "update", "patch") and "qatvm-agent" in e["user"]["username"]
+        ]
+
+    time.sleep(2)
+    before = len(agent_writes())
+    time.sleep(6.5)  # three scans by each agent
+    assert agent_writes()[before:] == []

@@ -25,7 +25,9 @@ with ControlPlane(Path(sys.argv[1])) as plane:
 
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGINT], ids=["killed", "interrupted"])
 def test_owner_ending_stops_every_component(tmp_path: Path, signum: signal.Signals) -> None:
-    owner = subprocess.Popen([sys.executable, "-c", OWNER, str(tmp_path / "plane")], stdout=subprocess.PIPE, text=True)
+    owner = subprocess.Popen(
+        [sys.executable, "-c", OWNER, str(tmp_path / "plane")], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
     assert owner.stdout is not None
     pids: dict[str, int] = json.loads(owner.stdout.readline())
     assert sorted(pids) == ["etcd", "kube-apiserver", "kube-controller-manager"]
