@@ -12,7 +12,7 @@ import kopf
 from lightkube import AsyncClient
 from lightkube.config.kubeconfig import KubeConfig
 
-from qatvm import logs
+from qatvm import health, logs
 from qatvm.agent import handlers
 from qatvm.agent.config import AgentConfig
 from qatvm.agent.service import NodeAgent
@@ -33,6 +33,7 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, AgentConfig]:
     parser.add_argument("--extra-vf-ids", default="", metavar="VVVV:DDDD[=NAME],...",
                         help="more VF device IDs to manage (an emulated SR-IOV device, a new QAT part)")
     parser.add_argument("--scan-seconds", type=float, default=5.0, help="how often sysfs is rescanned")
+    parser.add_argument("--health-port", type=int, default=0, help="serve GET /healthz on this port (0: off)")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
     if not args.node:
@@ -54,13 +55,14 @@ async def run(args: argparse.Namespace, config: AgentConfig) -> None:
     kubeconfig = KubeConfig.from_file(str(args.kubeconfig)) if args.kubeconfig else KubeConfig.from_env()
     client = AsyncClient(config=kubeconfig, field_manager=f"qatvm-agent-{config.node}")
     agent = NodeAgent(config, client)
-    await kopf.operator(
-        registry=handlers.registry,
-        settings=handlers.configure(kopf.OperatorSettings(), config.node),
-        clusterwide=True,
-        standalone=True,
-        memo=kopf.Memo(agent=agent),
-    )
+    async with health.serving(args.health_port):
+        await kopf.operator(
+            registry=handlers.registry,
+            settings=handlers.configure(kopf.OperatorSettings(), config.node),
+            clusterwide=True,
+            standalone=True,
+            memo=kopf.Memo(agent=agent),
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -114,11 +114,14 @@ class LeaderElection:
 
     async def acquire(self) -> None:
         """Wait until this identity holds the lease; API outages meanwhile are waited out too."""
+        said = False
         while True:
             try:
                 if await self.try_acquire():
                     break
-                log.info("lease %s/%s is held by another controller; standing by", self.namespace, self.name)
+                if not said:
+                    log.info("lease %s/%s is held by another controller; standing by", self.namespace, self.name)
+                    said = True
             except ApiError as error:
                 log.warning("taking the lease failed: %s; retrying", error.status.message)
             except OSError as error:
@@ -132,9 +135,11 @@ class LeaderElection:
         last_renewed = loop.time()
         while True:
             await asyncio.sleep(self.renew_seconds)
+            # The lease runs from when the renewal was sent, not from when its answer came back.
+            attempt = loop.time()
             try:
                 if await self.try_acquire():
-                    last_renewed = loop.time()
+                    last_renewed = attempt
                     continue
                 log.error("lease %s/%s was taken over", self.namespace, self.name)
                 return

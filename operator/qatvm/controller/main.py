@@ -13,7 +13,7 @@ import kopf
 from lightkube import AsyncClient
 from lightkube.config.kubeconfig import KubeConfig
 
-from qatvm import logs
+from qatvm import health, logs
 from qatvm.controller import handlers
 from qatvm.controller.leader import LeaderElection
 from qatvm.controller.placement import Strategy
@@ -23,6 +23,11 @@ FIELD_MANAGER = "qatvm-controller"
 
 
 async def run(args: argparse.Namespace) -> int:
+    async with health.serving(args.health_port):
+        return await _lead_or_stand_by(args)
+
+
+async def _lead_or_stand_by(args: argparse.Namespace) -> int:
     config = KubeConfig.from_file(str(args.kubeconfig)) if args.kubeconfig else KubeConfig.from_env()
     client = AsyncClient(config=config, field_manager=FIELD_MANAGER)
     election = LeaderElection(
@@ -68,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lease-name", default="qatvm-controller")
     parser.add_argument("--lease-seconds", type=int, default=15)
     parser.add_argument("--identity", default=f"{socket.gethostname()}-{os.getpid()}")
+    parser.add_argument("--health-port", type=int, default=0, help="serve GET /healthz on this port (0: off)")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
     if args.kubeconfig:
