@@ -1,0 +1,48 @@
+"""The build of the control plane: versions from go.mod, a cache keyed by them, clear errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from qatvm.controlplane.binaries import BuildError, binary, bundles, kubernetes_bundle, required_version
+
+
+def test_versions_come_from_the_wrapper_modules() -> None:
+    kube = kubernetes_bundle()
+    assert kube.version == required_version(kube.module_dir / "go.mod", "k8s.io/kubernetes")
+    assert kube.version in kube.directory.name and kube.directory.name.startswith("kubernetes-")
+    go_mod = (kube.module_dir / "go.mod").read_text()
+    # Every staging module is pinned to the release of the same minor version.
+    staging_version = "v0." + kube.version.removeprefix("v1.")
+    assert f"k8s.io/api => k8s.io/api {staging_version}" in go_mod
+
+
+def test_required_version_names_a_missing_module(tmp_path: Path) -> None:
+    go_mod = tmp_path / "go.mod"
+    go_mod.write_text("module x\n\ngo 1.26\n")
+    with pytest.raises(BuildError, match="does not require k8s.io/kubernetes"):
+        required_version(go_mod, "k8s.io/kubernetes")
+
+
+def test_a_cached_build_is_not_rebuilt() -> None:
+    built = subprocess.run([sys.executable, "-m", "qatvm", "build"], capture_output=True, text=True, timeout=60)
+    assert built.returncode == 0, built.stderr
+    for bundle in bundles():
+        assert f"{bundle.name} {bundle.version}: cached in {bundle.directory}" in built.stderr
+    assert binary("kubectl").is_file()
+
+
+def test_an_unbuilt_cache_says_what_to_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QATVM_CACHE_DIR", str(tmp_path))
+    with pytest.raises(BuildError, match=r"not built yet: run `qatvm build`"):
+        binary("kube-apiserver")
+    listed = subprocess.run(
+        [sys.executable, "-m", "qatvm", "build", "--print-dir"], capture_output=True, text=True, timeout=60,
+        env={**os.environ, "QATVM_CACHE_DIR": str(tmp_path)},
+    )
+    assert [Path(line).parent.parent for line in listed.stdout.split()] == [tmp_path, tmp_path]
