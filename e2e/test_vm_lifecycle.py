@@ -29,6 +29,12 @@ def test_apply_runs_a_domain_with_exactly_its_vfs(kubectl: Kubectl, nodes: Local
     assert nodes.domains(node)[domain][0].value == "running"
     assert nodes.hostdevs(node, domain) == devices
 
+    # The operator wrote status and a label, never spec: GitOps tools see no drift.
+    meta = kubectl.json("get", "qvm", "web", "-n", namespace, "--show-managed-fields")["metadata"]
+    assert meta["generation"] == 1
+    spec_writers = {m["manager"] for m in meta["managedFields"] if "f:spec" in (m.get("fieldsV1") or {})}
+    assert spec_writers == {"kubectl-client-side-apply"}, spec_writers
+
     inventory = kubectl.json("get", "qatnode", node)["status"]
     held = sorted(v["pciAddress"] for v in inventory["vfs"] if (v.get("allocatedTo") or {}).get("name") == "web")
     assert held == devices
