@@ -87,3 +87,10 @@ def test_supervisor_killed_takes_its_children_with_it(tmp_path: Path) -> None:
     assert qatvm("local", "status", "--state-dir", str(state_dir)).returncode == 3
     assert qatvm("local", "up", "--nodes", "1", "--state-dir", str(state_dir)).returncode == 0
     assert qatvm("local", "down", "--purge", "--state-dir", str(state_dir)).returncode == 0
+
+
+def test_a_stale_state_file_whose_pid_is_reused_is_not_a_running_cluster(tmp_path: Path) -> None:
+    # A crash left cluster.json behind, and the pid now belongs to another program (this test).
+    ClusterState(supervisor_pid=os.getpid(), ready=True).save(tmp_path)
+    assert not ClusterState.load(tmp_path).running()  # type: ignore[union-attr]
+    assert qatvm("local", "status", "--state-dir", str(tmp_path)).returncode == 3

@@ -50,7 +50,15 @@ class ClusterState(BaseModel):
         scratch.replace(target)
 
     def running(self) -> bool:
-        return pid_alive(self.supervisor_pid)
+        """Whether the supervisor still runs; after a reboot or a crash its pid may belong to
+        another program by now, so the command line must be the supervisor's too."""
+        if not pid_alive(self.supervisor_pid):
+            return False
+        try:
+            cmdline = Path(f"/proc/{self.supervisor_pid}/cmdline").read_bytes()
+        except FileNotFoundError:
+            return False
+        return b"qatvm.local.supervisor" in cmdline
 
     def exports(self) -> str:
         return f"export KUBECONFIG={self.kubeconfig} PATH={self.kubectl_dir}:$PATH"
