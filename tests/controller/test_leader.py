@@ -182,3 +182,17 @@ async def test_a_lease_whose_times_fall_on_a_whole_second_can_be_renewed(
     lease = await read_lease(a)
     assert lease.spec.holderIdentity == "ctl-a"
     assert lease.spec.leaseTransitions == 3
+
+
+async def test_a_holder_that_stops_renewing_stops_leading_before_its_lease_can_be_taken(candidate: MakeCandidate) -> None:
+    a, b = candidate("ctl-a", lease_seconds=2, renew_seconds=1.0), candidate("ctl-b", lease_seconds=2, renew_seconds=1.0)
+    assert not a.leading()
+    await a.acquire()
+    assert a.leading()
+    # No renewal (a stalled process): past lease - renew it must not act, while b cannot take
+    # the lease yet.
+    await asyncio.sleep(1.1)
+    assert not a.leading()
+    assert await b.try_acquire() is False
+    await asyncio.sleep(1.2)
+    assert await b.try_acquire() is True

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import time
 
 from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
@@ -49,6 +50,8 @@ class LeaderElection:
         self.identity = identity
         self.lease_seconds = lease_seconds
         self.renew_seconds = renew_seconds
+        # When the last successful take or renewal was sent (monotonic clock).
+        self.renewed_at: float | None = None
 
     def _expired(self, lease: Lease) -> bool:
         spec = lease.spec
@@ -116,8 +119,10 @@ class LeaderElection:
         """Wait until this identity holds the lease; API outages meanwhile are waited out too."""
         said = False
         while True:
+            attempt = time.monotonic()
             try:
                 if await self.try_acquire():
+                    self.renewed_at = attempt
                     break
                 if not said:
                     log.info("lease %s/%s is held by another controller; standing by", self.namespace, self.name)
@@ -129,24 +134,35 @@ class LeaderElection:
             await asyncio.sleep(self.renew_seconds)
         log.info("leading as %s", self.identity)
 
+    def leading(self) -> bool:
+        """Whether this identity may act now: it renewed recently enough that no standby can
+        have taken over. Checked before each allocation, so a holder that stalled (a long pause,
+        a slow network) stops writing before its lease can run out, not only when hold() notices."""
+        return self.renewed_at is not None and time.monotonic() - self.renewed_at < self.margin
+
+    @property
+    def margin(self) -> float:
+        # A little less than the lease, so no other controller acts alongside.
+        return self.lease_seconds - self.renew_seconds
+
     async def hold(self) -> None:
         """Renew until renewal fails for longer than the lease lasts; then return (leadership lost)."""
-        loop = asyncio.get_running_loop()
-        last_renewed = loop.time()
+        if self.renewed_at is None:
+            self.renewed_at = time.monotonic()
         while True:
             await asyncio.sleep(self.renew_seconds)
             # The lease runs from when the renewal was sent, not from when its answer came back.
-            attempt = loop.time()
+            attempt = time.monotonic()
             try:
                 if await self.try_acquire():
-                    last_renewed = attempt
+                    self.renewed_at = attempt
                     continue
                 log.error("lease %s/%s was taken over", self.namespace, self.name)
+                self.renewed_at = None
                 return
             except Exception as error:  # noqa: BLE001 - any failure to renew counts the same
                 log.warning("renewing the lease failed: %s", error)
-            # Stop a little before the lease runs out, so no other controller acts alongside.
-            if loop.time() - last_renewed > self.lease_seconds - self.renew_seconds:
+            if not self.leading():
                 log.error("could not renew the lease for %ss; stepping down", self.lease_seconds)
                 return
 

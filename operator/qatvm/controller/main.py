@@ -40,7 +40,7 @@ async def _lead_or_stand_by(args: argparse.Namespace) -> int:
     )
     await election.acquire()
     stop = asyncio.Event()
-    scheduler = Scheduler(client, strategy=Strategy(args.strategy))
+    scheduler = Scheduler(client, strategy=Strategy(args.strategy), leading=election.leading)
     operator = asyncio.create_task(
         kopf.operator(
             registry=handlers.registry,

@@ -85,9 +85,17 @@ class ClusterPicture:
             self.inventories[name] = QatNodeStatus.model_validate({"vfs": status.get("vfs") or []})
 
 
+class NotLeading(RuntimeError):
+    pass
+
+
 class Scheduler:
-    def __init__(self, client: AsyncClient, strategy: Strategy = Strategy.PACK) -> None:
+    def __init__(
+        self, client: AsyncClient, strategy: Strategy = Strategy.PACK, leading: Callable[[], bool] = lambda: True
+    ) -> None:
         self.client = client
+        # Asked before every allocation: a controller that may have lost its lease writes nothing.
+        self.leading = leading
         self.events = EventRecorder(client, "qatvm-controller")
         self.strategy = strategy
         self.picture = ClusterPicture()
@@ -138,6 +146,8 @@ class Scheduler:
                 await self._schedule(body)
 
     async def _schedule(self, body: dict[str, Any]) -> None:
+        if not self.leading():
+            raise NotLeading("the lease may have run out; not placing anything")
         vm = QatVirtualMachine.model_validate(body)
         decision = place(vm.spec.qat, vm.spec.node_selector, self.picture.nodes(), self.picture.taken(), self.strategy)
         try:
