@@ -8,7 +8,6 @@ deletion, default service accounts) run; nothing runs pods.
 from __future__ import annotations
 
 import json
-import shutil
 import ssl
 import time
 import urllib.error
@@ -202,12 +201,6 @@ class ControlPlane:
             kubectl=self.kubectl,
             pids={p.name: p.pid for p in self._processes if p.pid is not None},
         )
-
-    def remove_data(self) -> None:
-        """Delete the folder; only valid once stopped."""
-        if self._processes:
-            raise ControlPlaneError("stop the control plane before removing its data")
-        shutil.rmtree(self.directory, ignore_errors=True)
 
     # -- helpers -----------------------------------------------------------------------------
 
