@@ -7,7 +7,6 @@ controller, and writes each outcome to status in one patch.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import kopf
@@ -16,6 +15,7 @@ from qatvm.agent import status as report
 from qatvm.agent.reconciler import AllocationMissing
 from qatvm.agent.service import NodeAgent
 from qatvm.api.vm import GROUP, NODE_LABEL, PLURAL, VERSION, QatVirtualMachine
+from qatvm.background import run_alongside
 from qatvm.login import register_login
 
 registry = kopf.OperatorRegistry()
@@ -48,15 +48,10 @@ async def start(memo: Any, **_: Any) -> None:
     for line in await agent.recover():
         await agent.events.post(node, "Normal", "Recovered", line)
     await agent.refresh_inventory()
-    memo.inventory_task = asyncio.create_task(agent.watch_inventory(), name="inventory")
 
 
-@kopf.on.cleanup(registry=registry)
-async def stop(memo: Any, **_: Any) -> None:
-    task: asyncio.Task[None] | None = getattr(memo, "inventory_task", None)
-    if task:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+# After `start`: the first scan is published before the loop takes over.
+run_alongside(registry, "inventory", lambda memo: _agent(memo).watch_inventory())
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)

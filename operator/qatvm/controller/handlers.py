@@ -6,13 +6,13 @@ only writes are the allocations and conditions the Scheduler makes on purpose.
 
 from __future__ import annotations
 
-import asyncio
 import copy
 from typing import Any
 
 import kopf
 
 from qatvm.api.vm import GROUP, PLURAL, VERSION
+from qatvm.background import run_alongside
 from qatvm.controller.scheduler import Scheduler
 from qatvm.login import register_login
 
@@ -35,17 +35,7 @@ def _deleted(event: Any) -> bool:
     return bool(event.get("type") == "DELETED")
 
 
-@kopf.on.startup(registry=registry)
-async def start(memo: Any, **_: Any) -> None:
-    memo.task = asyncio.create_task(_scheduler(memo).run(), name="scheduler")
-
-
-@kopf.on.cleanup(registry=registry)
-async def stop(memo: Any, **_: Any) -> None:
-    task: asyncio.Task[None] | None = getattr(memo, "task", None)
-    if task:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+run_alongside(registry, "scheduler", lambda memo: _scheduler(memo).run())
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
