@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import io
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import pytest
 import yaml
 
 from qatvm.domain.cloudinit import write_nocloud_iso
+from qatvm.testing.installed import require_commands
 
 USER_DATA = "#cloud-config\nusers:\n  - name: ops\n    ssh_authorized_keys: [ssh-ed25519 AAAA ops@example]\n"
 
@@ -26,8 +26,7 @@ def read_back(iso_path: Path, name: str, tree: str) -> str:
 
 
 def test_blkid_sees_the_label_cloud_init_looks_for(tmp_path: Path) -> None:
-    if shutil.which("blkid") is None:
-        pytest.fail("blkid (util-linux) is required")
+    require_commands({"blkid": "util-linux"})
     iso = tmp_path / "seed.iso"
     write_nocloud_iso(iso, instance_id="uid-1", hostname="vm-1", user_data=USER_DATA)
     probe = subprocess.run(["blkid", "-p", "-o", "export", str(iso)], capture_output=True, text=True, check=True)

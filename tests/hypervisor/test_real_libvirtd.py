@@ -11,7 +11,6 @@ root-only, as on these machines, a QEMU user that cannot open it makes libvirt r
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +25,7 @@ from qatvm.domain.cloudinit import write_nocloud_iso
 from qatvm.domain.disks import ensure_overlay
 from qatvm.hypervisor import DomainState, PassthroughUnsupported, open_hypervisor
 from qatvm.processes import ManagedProcess, wait_until
+from qatvm.testing.installed import require_commands, require_paths
 
 # Host path -> directory of the test's own it replaces, in libvirtd's mount namespace only.
 _PRIVATE = {
@@ -51,16 +51,14 @@ class Libvirtd:
 
 
 def _skip_unless_runnable() -> None:
-    missing = [tool for tool in ("libvirtd", "qemu-system-x86_64", "qemu-img", "unshare") if not shutil.which(tool)]
-    if missing:
-        pytest.skip(f"{', '.join(missing)} not installed (Debian: libvirt-daemon-system qemu-system-x86 qemu-utils)")
+    require_commands(
+        {"libvirtd": "libvirt-daemon", "qemu-system-x86_64": "qemu-system-x86", "qemu-img": "qemu-utils", "unshare": "util-linux"}
+    )
+    require_paths(dict.fromkeys(_PRIVATE, "libvirt-daemon-system"))
     if os.geteuid() != 0:
         pytest.skip("the QEMU driver of a system libvirtd needs root")
     if subprocess.run(["unshare", "--mount", "true"], capture_output=True, check=False).returncode != 0:
         pytest.skip("cannot make a private mount namespace for libvirtd here (needs CAP_SYS_ADMIN)")
-    absent = [path for path in _PRIVATE if not Path(path).exists()]
-    if absent:
-        pytest.skip(f"libvirt's directories are missing: {absent} (Debian: libvirt-daemon-system)")
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ fork in well under a second. Tests leave the VFs as they found them: on nvme, no
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,8 +15,10 @@ from pathlib import Path
 import pytest
 from guest_node import Node
 
+from qatvm.testbed import guest_libvirt
 from qatvm.testbed.guest import Guest
 from qatvm.testbed.guest_image import GuestImage, build
+from qatvm.testing.installed import require_commands, require_paths
 
 HERE = Path(__file__).resolve().parent
 TIMINGS = pytest.StashKey[dict[str, float]]()
@@ -47,8 +48,7 @@ def timings(pytestconfig: pytest.Config) -> dict[str, float]:
 
 @pytest.fixture(scope="session")
 def guest_image(pytestconfig: pytest.Config, timings: dict[str, float]) -> GuestImage:
-    missing = [tool for tool in ("qemu-system-x86_64", "apt-get", "dpkg-deb", "depmod") if shutil.which(tool) is None]
-    assert not missing, f"the real-kernel tests need {', '.join(missing)} (Debian: qemu-system-x86, apt, dpkg, kmod)"
+    require_commands({"qemu-system-x86_64": "qemu-system-x86", "apt-get": "apt", "dpkg-deb": "dpkg", "depmod": "kmod"})
     reporter = pytestconfig.pluginmanager.getplugin("terminalreporter")
     started = time.monotonic()
     image = build(lambda line: reporter.write_line(f"[guest image] {line}") if reporter else None)
@@ -93,6 +93,9 @@ def node_without_iommu(
 @pytest.fixture(scope="session")
 def libvirtd(node: Node, timings: dict[str, float]) -> str:
     """libvirtd running in the IOMMU-on guest; returns its URI."""
+    # The guest runs the host's libvirtd over the host's read-only root, folders included.
+    require_commands({"libvirtd": "libvirt-daemon"})
+    require_paths(dict.fromkeys(guest_libvirt.STATE_DIRS, "libvirt-daemon-system"))
     started = time.monotonic()
     node.py("from qatvm.testbed import guest_libvirt\nguest_libvirt.start()")
     timings["libvirtd start"] = time.monotonic() - started
