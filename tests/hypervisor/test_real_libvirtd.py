@@ -118,7 +118,7 @@ def _disk(libvirtd: Libvirtd, name: str) -> Path:
     if not base.exists():
         subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(base), "16M"], check=True)
     overlay = libvirtd.workdir / f"{name}.qcow2"
-    ensure_overlay(base, overlay)
+    ensure_overlay(base, "raw", overlay)
     return overlay
 
 

@@ -240,7 +240,10 @@ def test_agent_daemonset(base: list[Manifest]) -> None:
     writable = {h for h, (_, ro) in mounts.items() if not ro}
     for path in (config.sysfs, dev_root(config.sysfs) / "vfio", config.state_dir):
         assert under(path, writable), f"{path} is not on a writable host mount"
-    assert under(config.on_host("/var/lib/qatvm/images/base.qcow2"), set(mounts))
+    # Exactly the image directories the agent admits images from are mounted, read-only.
+    image_mounts = {h for h in mounts if h.startswith("/var/lib/qatvm/images") or h in map(str, config.image_dirs)}
+    assert image_mounts == {str(d) for d in config.image_dirs}
+    assert all(mounts[d][1] for d in image_mounts), "image directories are mounted read-only"
 
 
 def test_agent_policy_names_the_daemonsets_service_account(base: list[Manifest]) -> None:
@@ -336,7 +339,7 @@ def test_kind_init_container_lays_out_a_node_the_agent_can_use(kind_overlay: lis
     )
     vfs = json.loads(inventory.stdout)["vfs"]
     assert vfs and all(vf["healthy"] and vf["assignable"] for vf in vfs)
-    base_image = config.on_host("/var/lib/qatvm/images/base.qcow2")
+    base_image = config.images.admit("/var/lib/qatvm/images/base.qcow2").host_path
     assert base_image.read_bytes()[:4] == b"QFI\xfb"  # qcow2 magic
     hypervisor = open_hypervisor(config.libvirt_uri)
     assert (sim / "hypervisor.xml").is_file()

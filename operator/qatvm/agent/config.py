@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from qatvm.domain.spec import CpuMode, VirtType
 from qatvm.node.devices import ExtraVfId
+from qatvm.node.images import DEFAULT_IMAGE_DIR, ImagePolicy
+
+
+# The agent's own files on the node: binding records, VM overlays and cloud-init seeds.
+STATE_DIR = PurePosixPath("/var/lib/qatvm")
 
 
 class AgentConfig(BaseModel):
@@ -24,6 +29,13 @@ class AgentConfig(BaseModel):
     extra_vf_ids: tuple[ExtraVfId, ...] = ()
     # How often sysfs is read again for VFs that appear, vanish or turn unhealthy.
     scan_seconds: float = 5.0
+    # Node paths; the only places `spec.image.path` (and every backing file) may resolve into.
+    image_dirs: tuple[PurePosixPath, ...] = (DEFAULT_IMAGE_DIR,)
+
+    @model_validator(mode="after")
+    def _image_dirs_spare_the_state(self) -> AgentConfig:
+        self.images.check_config()
+        return self
 
     @property
     def sysfs(self) -> Path:
@@ -31,8 +43,8 @@ class AgentConfig(BaseModel):
 
     @property
     def state_dir(self) -> Path:
-        return self.host_root / "var/lib/qatvm"
+        return self.host_root / STATE_DIR.relative_to("/")
 
-    def on_host(self, path: str) -> Path:
-        """A path as the node sees it (`/var/lib/images/x.qcow2`) under the host root."""
-        return self.host_root / path.lstrip("/")
+    @property
+    def images(self) -> ImagePolicy:
+        return ImagePolicy(self.host_root, self.image_dirs, STATE_DIR)

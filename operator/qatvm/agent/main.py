@@ -6,11 +6,12 @@ import argparse
 import asyncio
 import os
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import kopf
 from lightkube import AsyncClient
 from lightkube.config.kubeconfig import KubeConfig
+from pydantic import ValidationError
 
 from qatvm import health, logs
 from qatvm.agent import handlers
@@ -18,6 +19,7 @@ from qatvm.agent.config import AgentConfig
 from qatvm.agent.service import NodeAgent
 from qatvm.domain.spec import CpuMode, VirtType
 from qatvm.node.devices import ExtraVfId
+from qatvm.node.images import DEFAULT_IMAGE_DIR
 
 
 def parse(argv: list[str] | None) -> tuple[argparse.Namespace, AgentConfig]:
@@ -32,22 +34,29 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, AgentConfig]:
     parser.add_argument("--cpu-mode", choices=[c.value for c in CpuMode], default=CpuMode.HOST_PASSTHROUGH.value)
     parser.add_argument("--extra-vf-ids", default="", metavar="VVVV:DDDD[=NAME],...",
                         help="more VF device IDs to manage (an emulated SR-IOV device, a new QAT part)")
+    parser.add_argument("--image-dir", dest="image_dirs", action="append", type=PurePosixPath, metavar="DIR",
+                        help="a node directory VM images may come from; repeat for more "
+                             f"(default: {DEFAULT_IMAGE_DIR}); mount exactly these into the agent")
     parser.add_argument("--scan-seconds", type=float, default=5.0, help="how often sysfs is rescanned")
     parser.add_argument("--health-port", type=int, default=0, help="serve GET /healthz on this port (0: off)")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
     if not args.node:
         parser.error("--node (or $NODE_NAME) is required")
-    config = AgentConfig(
-        node=args.node,
-        host_root=args.host_root,
-        sysfs_root=args.sysfs_root,
-        libvirt_uri=args.libvirt_uri,
-        virt_type=VirtType(args.virt_type),
-        cpu_mode=CpuMode(args.cpu_mode),
-        extra_vf_ids=tuple(ExtraVfId.parse_list(args.extra_vf_ids)),
-        scan_seconds=args.scan_seconds,
-    )
+    try:
+        config = AgentConfig(
+            node=args.node,
+            host_root=args.host_root,
+            sysfs_root=args.sysfs_root,
+            libvirt_uri=args.libvirt_uri,
+            virt_type=VirtType(args.virt_type),
+            cpu_mode=CpuMode(args.cpu_mode),
+            extra_vf_ids=tuple(ExtraVfId.parse_list(args.extra_vf_ids)),
+            scan_seconds=args.scan_seconds,
+            image_dirs=tuple(args.image_dirs or (DEFAULT_IMAGE_DIR,)),
+        )
+    except ValidationError as error:
+        parser.error("; ".join(str(e["msg"]) for e in error.errors()))
     return args, config
 
 

@@ -13,11 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qatvm.agent.config import AgentConfig
+from qatvm.agent.vm_files import prepare_disks
 from qatvm.api.base import ObjectRef
 from qatvm.api.vm import AllocatedDevice, DomainStatus, Phase, QatVirtualMachine
 from qatvm.domain.builder import build_domain
-from qatvm.domain.cloudinit import write_nocloud_iso
-from qatvm.domain.disks import ensure_overlay
 from qatvm.domain.naming import domain_name
 from qatvm.domain.spec import DomainSpec
 from qatvm.hypervisor import DomainState, Hypervisor
@@ -68,11 +67,7 @@ class VmReconciler:
         for device in vm.status.devices:
             self.binder.bind_to_vfio(device.pci_address)
         spec = self.domain_spec(vm)
-        ensure_overlay(self.config.on_host(vm.spec.image.path), spec.disk)
-        if spec.cloud_init_iso is not None and vm.spec.cloud_init and vm.spec.cloud_init.user_data:
-            write_nocloud_iso(
-                spec.cloud_init_iso, instance_id=vm.ref.uid, hostname=vm.ref.name, user_data=vm.spec.cloud_init.user_data
-            )
+        prepare_disks(self.config, vm, spec.disk, spec.cloud_init_iso)
         self.hypervisor.define(build_domain(spec))
         if vm.spec.running:
             self.hypervisor.start(spec.name)
