@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import io
+import re
+import stat
 import subprocess
 from pathlib import Path
 
@@ -8,7 +10,7 @@ import pycdlib
 import pytest
 import yaml
 
-from qatvm.domain.cloudinit import write_nocloud_iso
+from qatvm.domain.cloudinit import hostname_for, write_nocloud_iso
 from qatvm.testing.installed import require_commands
 
 USER_DATA = "#cloud-config\nusers:\n  - name: ops\n    ssh_authorized_keys: [ssh-ed25519 AAAA ops@example]\n"
@@ -51,3 +53,27 @@ def test_writing_again_replaces_the_seed_whole(tmp_path: Path) -> None:
     assert yaml.safe_load(read_back(iso, "meta-data", "rr"))["instance-id"] == "b"
     assert read_back(iso, "user-data", "rr") == USER_DATA
     assert sorted(p.name for p in tmp_path.iterdir()) == ["seed.iso"]
+
+
+def test_the_seed_is_readable_by_its_owner_only_from_the_first_byte(tmp_path: Path) -> None:
+    iso = tmp_path / "seed.iso"
+    # A partial seed an older agent left world-readable does not keep its mode.
+    (tmp_path / "seed.iso.partial").write_bytes(b"old")
+    (tmp_path / "seed.iso.partial").chmod(0o644)
+    write_nocloud_iso(iso, instance_id="a", hostname="vm", user_data="#cloud-config\npassword: secret\n")
+    assert stat.S_IMODE(iso.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize(
+    ("name", "hostname"),
+    [
+        ("crypto-1", "crypto-1"),
+        ("web.prod.example", "web-prod-example"),
+        ("a" * 63, "a" * 63),
+        ("a" * 62 + ".b", "a" * 62),  # cut at 63 it would end in "-": dropped
+        ("x" * 253, "x" * 63),
+    ],
+)
+def test_hostname_is_one_dns_label_of_at_most_63_characters(name: str, hostname: str) -> None:
+    assert hostname_for(name) == hostname
+    assert re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", hostname_for(name))
