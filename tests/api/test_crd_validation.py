@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import pytest
@@ -43,6 +44,26 @@ BAD = [
     pytest.param(with_spec(vcpus=257), "spec.vcpus", "should be less than or equal to 256", id="too-many-vcpus"),
     pytest.param(with_spec(qat=None), "spec.qat", "Required value", id="missing-qat"),
     pytest.param(with_spec(image__path="images/base.qcow2"), "spec.image.path", "must be an absolute path", id="relative-image"),
+    *(
+        pytest.param(with_spec(image__path=path), "spec.image.path", "must be a canonical path", id=f"image-{kind}")
+        for kind, path in {
+            "dotdot": "/var/lib/qatvm/images/../../../etc/shadow",
+            "dotdot-last": "/var/lib/qatvm/images/..",
+            "dot": "/var/lib/qatvm/./images/base.qcow2",
+            "dot-last": "/var/lib/qatvm/images/.",
+            "double-slash": "/var/lib/qatvm//images/base.qcow2",
+            "leading-double-slash": "//etc/shadow",
+            "trailing-slash": "/var/lib/qatvm/images/",
+            "root": "/",
+            "nul": "/var/lib/qatvm/images/base.qcow2\0/etc/shadow",
+        }.items()
+    ),
+    pytest.param(with_spec(memory="1Ei"), "spec.memory", "must be at most 16Ti", id="memory-too-large"),
+    pytest.param(with_spec(memory="16385Gi"), "spec.memory", "must be at most 16Ti", id="memory-just-too-large"),
+    pytest.param(with_spec(cloudInit__userData="#" * 65537), "spec.cloudInit.userData", "must be at most 65536 bytes (64 KiB) as UTF-8", id="user-data-ascii"),
+    # 32769 characters, well under 65536 of them, but 65538 bytes.
+    pytest.param(with_spec(cloudInit__userData="é" * 32769), "spec.cloudInit.userData", "must be at most 65536 bytes", id="user-data-non-ascii"),
+    pytest.param(with_spec(nodeSelector={"zone": 1}), "spec.nodeSelector.zone", "must be of type string", id="selector-not-string"),
 ]
 
 
@@ -68,6 +89,74 @@ def test_good_vm_is_accepted(kubectl: Kubectl, namespace: str) -> None:
     obj["metadata"]["namespace"] = namespace
     kubectl.run("apply", "--validate=strict", "-f", "-", input=obj)
     assert kubectl.json("get", "qvm", "bad", "-n", namespace)["spec"]["qat"]["services"] == ["sym", "asym"]
+
+
+@pytest.mark.parametrize(
+    "user_data",
+    [
+        pytest.param("#" * 65536, id="ascii"),
+        pytest.param("\U0001f512" * 16384, id="four-byte"),  # 65536 bytes in 16384 characters
+        pytest.param("é" * 32768, id="two-byte"),
+    ],
+)
+def test_user_data_up_to_64_kib_of_utf8_is_accepted(kubectl: Kubectl, namespace: str, user_data: str) -> None:
+    assert len(user_data.encode()) == 65536
+    obj = with_spec(cloudInit__userData=user_data)
+    obj["metadata"]["namespace"] = namespace
+    kubectl.apply(obj)
+    assert kubectl.json("get", "qvm", "bad", "-n", namespace)["spec"]["cloudInit"]["userData"] == user_data
+
+
+@pytest.mark.parametrize("path", ["/var/lib/qatvm/images/.hidden/..x/a...b.qcow2", "/x", "/images/base.qcow2."])
+def test_canonical_image_paths_with_dots_in_names_are_accepted(kubectl: Kubectl, namespace: str, path: str) -> None:
+    obj = with_spec(image__path=path, memory="16Ti")
+    obj["metadata"]["namespace"] = namespace
+    kubectl.apply(obj)
+    assert kubectl.json("get", "qvm", "bad", "-n", namespace)["spec"]["image"]["path"] == path
+
+
+def schedule(kubectl: Kubectl, namespace: str) -> None:
+    kubectl.run(
+        "patch", "qvm", "bad", "-n", namespace, "--subresource=status", "--type=merge",
+        "-p", '{"status":{"nodeName":"node-1","phase":"Scheduled"}}',
+    )
+
+
+@pytest.mark.parametrize(
+    ("field", "patch"),
+    [
+        ("spec.image.path", {"image": {"path": "/var/lib/qatvm/images/other.qcow2"}}),
+        ("spec.nodeSelector", {"nodeSelector": {"zone": "b"}}),
+        ("spec.nodeSelector", {"nodeSelector": {"zone": None}}),
+        ("spec.nodeSelector", {"nodeSelector": {"zone": "a", "rack": "1"}}),
+    ],
+)
+def test_image_and_node_selector_are_frozen_once_scheduled(
+    kubectl: Kubectl, namespace: str, field: str, patch: dict[str, Any]
+) -> None:
+    obj = with_spec(nodeSelector={"zone": "a"})
+    obj["metadata"]["namespace"] = namespace
+    kubectl.apply(obj)
+    # Before scheduling, both may still change.
+    kubectl.run("patch", "qvm", "bad", "-n", namespace, "--type=merge", "-p", json.dumps({"spec": patch}))
+    kubectl.run("patch", "qvm", "bad", "-n", namespace, "--type=merge", "-p", json.dumps({"spec": obj["spec"]}))
+    schedule(kubectl, namespace)
+    refused = kubectl.run("patch", "qvm", "bad", "-n", namespace, "--type=merge", "-p", json.dumps({"spec": patch}), check=False)
+    assert refused.returncode != 0
+    assert f"{field}: Forbidden: {field} cannot change once the VM is scheduled" in refused.stderr, refused.stderr
+    assert "delete and re-create the VM" in refused.stderr
+    # The same values again are no change, and other fields stay editable.
+    kubectl.run("patch", "qvm", "bad", "-n", namespace, "--type=merge", "-p", json.dumps({"spec": {**obj["spec"], "running": False}}))
+
+
+def test_a_node_selector_cannot_appear_once_scheduled(kubectl: Kubectl, namespace: str) -> None:
+    obj = with_spec()
+    obj["metadata"]["namespace"] = namespace
+    kubectl.apply(obj)
+    schedule(kubectl, namespace)
+    kubectl.run("patch", "qvm", "bad", "-n", namespace, "--type=merge", "-p", '{"spec":{"nodeSelector":{}}}')
+    refused = kubectl.run("patch", "qvm", "bad", "-n", namespace, "--type=merge", "-p", '{"spec":{"nodeSelector":{"zone":"a"}}}', check=False)
+    assert "spec.nodeSelector cannot change once the VM is scheduled" in refused.stderr, refused.stderr
 
 
 def test_qat_is_frozen_once_scheduled(kubectl: Kubectl, namespace: str) -> None:

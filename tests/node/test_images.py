@@ -85,8 +85,12 @@ def test_symlinks_resolve_inside_the_node_and_only_their_target_counts(root: Pat
 
 
 def test_a_missing_image_says_where_images_go(root: Path) -> None:
-    with pytest.raises(ImageMissing, match=f"image.path {IMAGES}/gone.qcow2 does not exist on the node .*put the image in {IMAGES}"):
+    with pytest.raises(ImageMissing, match=f"image.path {IMAGES}/gone.qcow2 does not exist on the node; put the image there"):
         policy(root).admit(f"{IMAGES}/gone.qcow2")
+    # Outside the image directories, whether the file exists is nobody's business.
+    with pytest.raises(ImageRefused, match="image.path /root/.ssh/id_rsa is outside the image directories") as refused:
+        policy(root).admit("/root/.ssh/id_rsa")
+    assert not isinstance(refused.value, ImageMissing)
 
 
 def test_special_files_are_refused_without_being_opened(root: Path) -> None:

@@ -1,25 +1,27 @@
-"""Kubernetes resource quantities (`512Mi`, `2G`, `1.5Gi`) as whole bytes."""
+"""Kubernetes resource quantities (`512Mi`, `2G`, `1.5Gi`, `200000000000m`, `1e9`) as whole bytes.
+
+The API server is the judge of what a quantity is (the CRD checks `isQuantity` and memory's
+bounds); the agent must then read every such value the same way. lightkube's parser does, save
+one spelling: Kubernetes also takes an upper-case exponent (`1E9`, while `1E` alone is exa).
+"""
 
 from __future__ import annotations
 
 import re
-from decimal import Decimal
+from decimal import ROUND_CEILING
 
-_SUFFIXES = {
-    "": 1,
-    "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
-    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
-}
-_QUANTITY = re.compile(r"^([+]?[0-9]+(?:\.[0-9]*)?|[+]?\.[0-9]+)(?:([eE][+-]?[0-9]+)|(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?)$")
+from lightkube.utils.quantity import parse_quantity
+
+_UPPER_EXPONENT = re.compile(r"E(?=[+-]?[0-9]+$)")
 
 
 def parse_bytes(quantity: str | int) -> int:
     """The number of bytes a quantity names, rounded up as the API server rounds memory."""
     if isinstance(quantity, int):
         return quantity
-    match = _QUANTITY.match(quantity.strip())
-    if not match:
-        raise ValueError(f"{quantity!r} is not a Kubernetes quantity")
-    number, exponent, suffix = match.groups()
-    value = Decimal(number) * (Decimal(10) ** int(exponent[1:]) if exponent else _SUFFIXES[suffix or ""])
-    return int(value.to_integral_value(rounding="ROUND_CEILING"))
+    try:
+        value = parse_quantity(_UPPER_EXPONENT.sub("e", quantity))
+    except ValueError as error:
+        raise ValueError(f"{quantity!r} is not a Kubernetes quantity") from error
+    assert value is not None
+    return int(value.to_integral_value(rounding=ROUND_CEILING))

@@ -19,6 +19,7 @@ stay inside `host_root`.
 from __future__ import annotations
 
 import os
+import posixpath
 import stat
 from collections import deque
 from collections.abc import Sequence
@@ -76,10 +77,10 @@ class ImagePolicy:
     def host(self, node_path: PurePosixPath) -> Path:
         return self.host_root.joinpath(*node_path.parts[1:])
 
-    def resolve(self, path: str) -> PurePosixPath:
-        """`path` with every symlink and `..` resolved, never leaving the node's root.
-
-        Raises ImageMissing when a component does not exist (the kernel would fail the same way)."""
+    def resolve(self, path: str) -> tuple[PurePosixPath, bool]:
+        """`path` with every symlink and `..` resolved, never leaving the node's root, and whether
+        it exists. A missing component ends the walk (the kernel would fail there too); the rest
+        is joined as written, for the messages."""
         done: list[str] = []
         pending = deque(path.split("/"))
         links = 0
@@ -95,10 +96,7 @@ class ImagePolicy:
             try:
                 info = os.lstat(here)
             except (FileNotFoundError, NotADirectoryError):
-                raise ImageMissing(
-                    f"image.path {path} does not exist on the node ({PurePosixPath('/', *done, part)} is missing); "
-                    f"put the image in {self._dir_list()}"
-                ) from None
+                return PurePosixPath(posixpath.normpath(posixpath.join("/", *done, part, *pending))), False
             if stat.S_ISLNK(info.st_mode):
                 links += 1
                 if links > MAX_SYMLINKS:
@@ -109,13 +107,15 @@ class ImagePolicy:
                 pending.extendleft(reversed(target.split("/")))
                 continue
             done.append(part)
-        return PurePosixPath("/", *done)
+        return PurePosixPath("/", *done), True
 
     def admit(self, path: str) -> AdmittedImage:
         """Check `path` and its whole backing chain; raise ImageRefused saying what to fix."""
-        resolved = self.resolve(path)
+        resolved, exists = self.resolve(path)
         shown = f"image.path {path}" if str(resolved) == path else f"image.path {path} resolves to {resolved}, which"
         self._check_place(resolved, f"{shown} is outside the image directories {self._dir_list()}; put the image there")
+        if not exists:
+            raise ImageMissing(f"{shown} does not exist on the node; put the image there or fix the path")
         host_path = self.host(resolved)
         self._check_regular(host_path, shown)
         info = image_info(host_path)
@@ -135,22 +135,13 @@ class ImagePolicy:
 
     def _allowed_dirs(self) -> list[PurePosixPath]:
         """The image directories as they resolve now (a symlinked directory counts where it points)."""
-        state = self._resolve_or_self(self.state_dir)
+        state, _ = self.resolve(str(self.state_dir))
         allowed = []
         for directory in self.image_dirs:
-            try:
-                resolved = self.resolve(str(directory))
-            except ImageRefused:
-                continue
-            if image_dir_problem(resolved, state) is None:
+            resolved, exists = self.resolve(str(directory))
+            if exists and image_dir_problem(resolved, state) is None:
                 allowed.append(resolved)
         return allowed
-
-    def _resolve_or_self(self, path: PurePosixPath) -> PurePosixPath:
-        try:
-            return self.resolve(str(path))
-        except ImageRefused:
-            return path
 
     def _check_place(self, resolved: PurePosixPath, message: str) -> None:
         if resolved == _ROOT or not any(resolved.is_relative_to(d) and resolved != d for d in self._allowed_dirs()):
