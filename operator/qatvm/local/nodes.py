@@ -2,7 +2,9 @@
 
 `DIR/nodes/<node>/` holds `sys/` (the simulated sysfs, written once from the hardware profile
 and then changed only by the simulated kernel), `dev/vfio/`, `var/lib/qatvm/images/base.qcow2`
-(the base image the examples name), `var/lib/qatvm/` (the agent's state) and `hypervisor.xml`
+(the base image the examples name, in the agent's default image directory: a node path such as
+`/var/lib/qatvm/images/x` means `DIR/nodes/<node>/var/lib/qatvm/images/x`, and nothing outside
+`DIR/nodes/<node>/` is reachable as an image), `var/lib/qatvm/` (the agent's state) and `hypervisor.xml`
 (the node's libvirt test driver state, so domains outlive an agent restart).
 """
 
@@ -13,9 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qatvm.hardware import HardwareProfile, generate
+from qatvm.node.images import DEFAULT_IMAGE_DIR
 from qatvm.node.sysfs import SIMULATION_MARKER
 
-BASE_IMAGE = "var/lib/qatvm/images/base.qcow2"
+# In the agent's default image directory: the only place its VMs' images may come from.
+BASE_IMAGE = (DEFAULT_IMAGE_DIR / "base.qcow2").relative_to("/")
 BASE_IMAGE_SIZE = "64M"
 
 
@@ -45,5 +49,5 @@ class SimulatedNode:
             image.parent.mkdir(parents=True, exist_ok=True)
             subprocess.run(
                 ["qemu-img", "create", "-q", "-f", "qcow2", str(image), BASE_IMAGE_SIZE],
-                check=True, capture_output=True, text=True,
+                check=True, capture_output=True, text=True, timeout=60,
             )
