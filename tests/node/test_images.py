@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 import subprocess
 from pathlib import Path, PurePosixPath
 
@@ -216,3 +217,22 @@ def test_image_directories_come_from_the_agents_flags(tmp_path: Path) -> None:
     assert two.image_dirs == (PurePosixPath("/srv/images"), PurePosixPath(f"{IMAGES}/gold"))
     with pytest.raises(SystemExit):
         parse(["--node", "n", "--image-dir", "/var/lib/qatvm"])
+
+
+def test_on_a_real_node_proc_and_dev_are_refused_through_symlinks(tmp_path: Path) -> None:
+    """host_root `/`, as in the DaemonSet: the machine's own /proc and /dev are the node's."""
+    real_node = ImagePolicy(Path("/"), (PurePosixPath(tmp_path),), PurePosixPath("/var/lib/qatvm"))
+    (tmp_path / "environ.raw").symlink_to("/proc/self/environ")
+    (tmp_path / "null.raw").symlink_to("/dev/null")
+    with pytest.raises(ImageRefused, match=r"resolves to /proc/\d+/environ, which is outside the image directories"):
+        real_node.admit(f"{tmp_path}/environ.raw")
+    with pytest.raises(ImageRefused, match="resolves to /dev/null, which is outside the image directories"):
+        real_node.admit(f"{tmp_path}/null.raw")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making a device node needs root")
+def test_a_device_inside_an_image_directory_is_refused_by_its_type(tmp_path: Path) -> None:
+    os.mknod(tmp_path / "null", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+    real_node = ImagePolicy(Path("/"), (PurePosixPath(tmp_path),), PurePosixPath("/var/lib/qatvm"))
+    with pytest.raises(ImageRefused, match="is a character device, not a regular file"):
+        real_node.admit(f"{tmp_path}/null")
