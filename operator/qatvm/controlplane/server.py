@@ -24,7 +24,8 @@ from qatvm.controlplane.kubeconfig import write_kubeconfig
 from qatvm.processes import ManagedProcess, free_port
 
 SERVICE_CIDR = "10.0.0.0/24"
-KCM_CONTROLLERS = "garbage-collector-controller,namespace-controller,serviceaccount-controller"
+# clusterrole-aggregation fills the built-in view/edit/admin roles, which tenants are bound to.
+KCM_CONTROLLERS = "garbage-collector-controller,namespace-controller,serviceaccount-controller,clusterrole-aggregation-controller"
 
 
 class ControlPlaneError(RuntimeError):
