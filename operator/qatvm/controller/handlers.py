@@ -48,6 +48,11 @@ def node_event(event: Any, body: kopf.Body, memo: Any, **_: Any) -> None:
     _scheduler(memo).on_node(_plain(body), _deleted(event))
 
 
+@kopf.on.event("", "v1", "namespaces", registry=registry)
+def namespace_event(event: Any, body: kopf.Body, memo: Any, **_: Any) -> None:
+    _scheduler(memo).on_namespace(_plain(body), _deleted(event))
+
+
 @kopf.on.event(GROUP, VERSION, "qatnodes", registry=registry)
 def inventory_event(event: Any, body: kopf.Body, memo: Any, **_: Any) -> None:
     _scheduler(memo).on_inventory(_plain(body), _deleted(event))
