@@ -1,6 +1,6 @@
 """kopf wiring for the agent: VM events in, calls on the NodeAgent out, status patches back.
 
-The agent sees only the VMs labelled for its node (a server-side label selector, set in
+The agent sees only the VMs placed on its node (a server-side field selector on status.nodeName, set in
 `configure`), uses its own finalizer and annotation prefix so it never collides with the
 controller, and writes each outcome to status in one patch.
 """
@@ -14,7 +14,7 @@ import kopf
 from qatvm.agent import status as report
 from qatvm.agent.reconciler import AllocationMissing
 from qatvm.agent.service import NodeAgent
-from qatvm.api.vm import GROUP, NODE_LABEL, PLURAL, VERSION, QatVirtualMachine
+from qatvm.api.vm import GROUP, PLURAL, VERSION, QatVirtualMachine
 from qatvm.background import run_alongside
 from qatvm.login import register_login
 
@@ -27,7 +27,7 @@ RETRY_SECONDS = 30
 
 
 def configure(settings: kopf.OperatorSettings, node: str) -> kopf.OperatorSettings:
-    settings.watching.label_selectors[GROUP, PLURAL] = f"{NODE_LABEL}={node}"
+    settings.watching.field_selectors[GROUP, PLURAL] = f"status.nodeName={node}"
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=PREFIX, key="last-handled")

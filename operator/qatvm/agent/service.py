@@ -19,7 +19,7 @@ from qatvm.agent.reconciler import Outcome, VmReconciler
 from qatvm.agent.status import device_health
 from qatvm.api.base import ObjectRef
 from qatvm.api.qatnode import QatNodeStatus
-from qatvm.api.vm import NODE_LABEL, QatVirtualMachine
+from qatvm.api.vm import QatVirtualMachine
 from qatvm.events import EventRecorder
 from qatvm.hypervisor import open_hypervisor
 from qatvm.kube import QatVirtualMachineResource
@@ -69,7 +69,7 @@ class NodeAgent:
         vms = [
             QatVirtualMachine.model_validate(item.to_dict())
             async for item in self.client.list(
-                QatVirtualMachineResource, namespace="*", labels={NODE_LABEL: self.config.node}
+                QatVirtualMachineResource, namespace="*", fields={"status.nodeName": self.config.node}
             )
         ]
         for vm in vms:
