@@ -194,3 +194,5 @@ def test_an_agent_token_cannot_move_relabel_or_own_vms(kubectl: Kubectl, nodes: 
     assert after["nodeName"] == home and after["devices"] == placed["devices"]
     assert "ownerReferences" not in kubectl.json("get", "qvm", "target", "-n", namespace)["metadata"]
     assert "zone" not in kubectl.json("get", "node", home)["metadata"].get("labels", {})
+    # Leave no VM holding VFs behind for the tests that count free VFs.
+    kubectl.run("delete", "qvm", "--all", "-n", namespace, "--timeout=60s")
