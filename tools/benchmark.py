@@ -265,13 +265,14 @@ async def wait_placing(client: AsyncClient, namespace: str) -> None:
     """Until the (resumed or restarted) controller places again: one VM through."""
     await ensure_namespace(client, namespace)
     await client.create(vm("warm-up", namespace))
-    deadline = time.monotonic() + 120
+    # A controller paused past its lease steps down, restarts and lists everything again.
+    deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         body = (await client.get(QatVirtualMachineResource, "warm-up", namespace=namespace)).to_dict()
         if placed(body):
             return
         await asyncio.sleep(0.2)
-    raise TimeoutError("the controller placed nothing in 120 s")
+    raise TimeoutError("the controller placed nothing in 300 s")
 
 
 def idle_cpu(cluster: Cluster, prefix: str, seconds: float = 10.0) -> float:
