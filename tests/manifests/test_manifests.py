@@ -504,7 +504,7 @@ RIGHTS: list[tuple[str, bool, tuple[str, ...]]] = [
     (CONTROLLER_SA, False, ("create", "serviceaccounts", "--subresource=token", *IN_SYSTEM)),
     (CONTROLLER_SA, False, ("list", "configmaps", *ALL_NS)),
     (CONTROLLER_SA, False, ("bind", "clusterroles.rbac.authorization.k8s.io")),
-    # The agent: its node's VMs (by label), its QatNode, its Node's status; the policy narrows it.
+    # The agent: its node's VMs (by status.nodeName), its QatNode, its Node's status; the policy narrows it.
     (AGENT_SA, True, ("list", VM, *ALL_NS)),
     (AGENT_SA, True, ("watch", VM, *ALL_NS)),
     (AGENT_SA, True, ("patch", VM, *ANY_NS)),
