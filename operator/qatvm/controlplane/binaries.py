@@ -28,6 +28,7 @@ from qatvm.paths import cache_dir, project_root
 KUBE_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kubectl")
 KUBE_MODULE = "k8s.io/kubernetes"
 ETCD_MODULE = "go.etcd.io/etcd/server/v3"
+KSTATUS_MODULE = "sigs.k8s.io/cli-utils"
 
 Progress = Callable[[str], None]
 BUILD_RECORD = "build.json"
@@ -107,8 +108,23 @@ def etcd_bundle() -> Bundle:
     )
 
 
+def kstatus_bundle() -> Bundle:
+    """The kstatus reader the tests check conditions with; not part of the control plane."""
+    module_dir = project_root() / "tools" / "kstatus"
+    return Bundle(
+        name="kstatus",
+        module_dir=module_dir,
+        version=required_version(module_dir / "go.mod", KSTATUS_MODULE),
+        commands=("kstatus",),
+        packages=(".",),
+        ldflags=(),
+    )
+
+
 def bundles() -> tuple[Bundle, ...]:
-    return (etcd_bundle(), kubernetes_bundle())
+    # kstatus last: it shares k8s.io/apimachinery's version with kubernetes, so it reuses
+    # those compiled packages from Go's build cache.
+    return (etcd_bundle(), kubernetes_bundle(), kstatus_bundle())
 
 
 def binary(command: str) -> Path:
@@ -227,7 +243,7 @@ def ensure_built(progress: Progress | None = None) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="qatvm build",
-        description="Build etcd, kube-apiserver, kube-controller-manager and kubectl into the cache.",
+        description="Build etcd, kube-apiserver, kube-controller-manager, kubectl and kstatus into the cache.",
     )
     parser.add_argument("--print-dir", action="store_true", help="print the cache folders and exit")
     args = parser.parse_args(argv)
