@@ -91,7 +91,7 @@ async def test_schedule_and_step_durations_and_errors() -> None:
     controller, agent = await scrape("controller"), await scrape("agent")
     created = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
     metrics.placed("2026-01-01T00:00:00Z", now=created + datetime.timedelta(seconds=7))
-    metrics.leading(True)
+    metrics.leader(lambda: True)
     metrics.reconcile_error("controller", RuntimeError("boom"))
     with pytest.raises(OSError), metrics.step("bind"):
         raise OSError("a failed step is timed too")

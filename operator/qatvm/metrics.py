@@ -9,11 +9,12 @@ picture a component reported, so a series never lingers after its VF or VM is go
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import threading
 import time
 from collections import Counter as Tally
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
@@ -183,8 +184,9 @@ def reconcile_error(component: str, reason: str | BaseException) -> None:
     RECONCILE_ERRORS.labels(component=component, reason=label).inc()
 
 
-def leading(flag: bool) -> None:
-    LEADER.set(1 if flag else 0)
+def leader(is_leading: Callable[[], bool]) -> None:
+    """Read leadership at each scrape, so the gauge drops the moment the lease is lost."""
+    LEADER.set_function(lambda: 1.0 if is_leading() else 0.0)
 
 
 @asynccontextmanager
@@ -197,3 +199,8 @@ async def serving(component: str, port: int, host: str = "0.0.0.0") -> AsyncIter
 
     async with serving_routes(port, host, {"/metrics": metrics}) as served:
         yield served
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus metrics on /metrics at this port (0: off)")
+    parser.add_argument("--metrics-address", default="0.0.0.0", help="the address /metrics listens on (default: %(default)s)")  # noqa: S104

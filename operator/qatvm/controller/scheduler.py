@@ -20,6 +20,7 @@ from lightkube.core.exceptions import ApiError
 from lightkube.resources.core_v1 import Node
 from lightkube.types import PatchType
 
+from qatvm import metrics
 from qatvm.api import conditions as cond
 from qatvm.api.qatnode import QatNodeStatus
 from qatvm.api.vm import NODE_LABEL, AllocatedDevice, Phase, QatVirtualMachine
@@ -185,6 +186,7 @@ class Scheduler:
             "conditions": [c.wire() for c in conditions],
         }
         self.picture.observe_vm(await self._patch_status(meta, status))
+        metrics.placed(meta["creationTimestamp"])
         await self._label(body, placement.node)
         await self.events.post(body, "Normal", "Scheduled", summary)
         log.info("placed %s/%s: %s", meta["namespace"], meta["name"], summary)
@@ -230,8 +232,9 @@ async def _retrying(step: Callable[[], Any], what: str, attempts: int | None = N
             return True
         except asyncio.CancelledError:
             raise
-        except Exception:  # noqa: BLE001 - logged in full, then retried
+        except Exception as error:  # noqa: BLE001 - logged in full, then retried
             log.exception("%s failed; retrying", what)
+            metrics.reconcile_error("controller", error)
             tried += 1
             await asyncio.sleep(1.0)
             if attempts is not None and tried >= attempts:
