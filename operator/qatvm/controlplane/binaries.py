@@ -96,29 +96,26 @@ def kubernetes_bundle() -> Bundle:
     )
 
 
-def etcd_bundle() -> Bundle:
-    module_dir = project_root() / "tools" / "etcd"
+def _wrapper_bundle(name: str, module: str) -> Bundle:
+    """One command built from the wrapper module `tools/NAME` itself, at the version it requires of `module`."""
+    module_dir = project_root() / "tools" / name
     return Bundle(
-        name="etcd",
+        name=name,
         module_dir=module_dir,
-        version=required_version(module_dir / "go.mod", ETCD_MODULE),
-        commands=("etcd",),
+        version=required_version(module_dir / "go.mod", module),
+        commands=(name,),
         packages=(".",),
         ldflags=(),
     )
+
+
+def etcd_bundle() -> Bundle:
+    return _wrapper_bundle("etcd", ETCD_MODULE)
 
 
 def kstatus_bundle() -> Bundle:
     """The kstatus reader the tests check conditions with; not part of the control plane."""
-    module_dir = project_root() / "tools" / "kstatus"
-    return Bundle(
-        name="kstatus",
-        module_dir=module_dir,
-        version=required_version(module_dir / "go.mod", KSTATUS_MODULE),
-        commands=("kstatus",),
-        packages=(".",),
-        ldflags=(),
-    )
+    return _wrapper_bundle("kstatus", KSTATUS_MODULE)
 
 
 def bundles() -> tuple[Bundle, ...]:
