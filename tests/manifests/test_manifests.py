@@ -283,6 +283,22 @@ def test_images_entry_overrides_every_container(base: list[Manifest], tmp_path: 
     assert images == {"registry.example.com/qatvm:0.1.0"}
 
 
+def test_podmonitor_scrapes_the_metrics_port_of_both_workloads(base: list[Manifest]) -> None:
+    assert not [o for o in base if o["kind"] == "PodMonitor"], "the PodMonitor needs the Prometheus Operator: kept apart"
+    [monitor] = render(MANIFESTS / "monitoring")
+    assert (monitor["apiVersion"], monitor["kind"]) == ("monitoring.coreos.com/v1", "PodMonitor")
+    [endpoint] = monitor["spec"]["podMetricsEndpoints"]
+    for kind, name, component in (("Deployment", "qatvm-controller", "controller"), ("DaemonSet", "qatvm-agent", "agent")):
+        workload = find(base, kind, name)
+        assert workload["metadata"]["namespace"] == monitor["metadata"]["namespace"]
+        assert monitor["spec"]["selector"]["matchLabels"].items() <= workload["spec"]["template"]["metadata"]["labels"].items()
+        served = container(workload, component)
+        ports = {p["name"]: p["containerPort"] for p in served["ports"]}
+        # The named port is where the process really listens.
+        assert f"--metrics-port={ports[endpoint['port']]}" in served["args"], served["args"]
+        assert ports["metrics"] != ports["health"]
+
+
 # -- the kind cluster and its overlay ------------------------------------------------------------
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import kopf
 
+from qatvm import metrics
 from qatvm.agent import status as report
 from qatvm.agent.reconciler import AllocationMissing
 from qatvm.agent.service import NodeAgent
@@ -70,6 +71,7 @@ async def reconcile(body: kopf.Body, patch: kopf.Patch, memo: Any, **_: Any) -> 
     except AllocationMissing as error:
         raise kopf.TemporaryError(str(error), delay=5) from error
     except Exception as error:  # noqa: BLE001 - reported on the object, then retried
+        metrics.reconcile_error("agent", error)
         patch.status.update(report.after_failure(vm, error))
         await agent.events.post(dict(body), "Warning", "Failed", str(error))
         raise kopf.TemporaryError(str(error), delay=RETRY_SECONDS) from error

@@ -15,6 +15,7 @@ from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Node
 from lightkube.types import PatchType
 
+from qatvm import metrics
 from qatvm.agent.config import AgentConfig
 from qatvm.api.base import ObjectRef
 from qatvm.api.qatnode import QatNodeStatus
@@ -50,6 +51,7 @@ class InventoryPublisher:
 
     async def publish(self, status: QatNodeStatus) -> bool:
         """Write what changed; True when anything was written."""
+        metrics.inventory_published(self.config.node, status.vfs)
         wire = status.model_dump(by_alias=True, mode="json")
         wrote = False
         if wire != self.published:

@@ -13,7 +13,7 @@ from lightkube import AsyncClient
 from lightkube.config.kubeconfig import KubeConfig
 from pydantic import ValidationError
 
-from qatvm import health, logs
+from qatvm import health, logs, metrics
 from qatvm.agent import handlers
 from qatvm.agent.config import AgentConfig
 from qatvm.agent.service import NodeAgent
@@ -39,6 +39,7 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, AgentConfig]:
                              f"(default: {DEFAULT_IMAGE_DIR}); mount exactly these into the agent")
     parser.add_argument("--scan-seconds", type=float, default=5.0, help="how often sysfs is rescanned")
     parser.add_argument("--health-port", type=int, default=0, help="serve GET /healthz on this port (0: off)")
+    metrics.add_arguments(parser)
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
     if not args.node:
@@ -64,7 +65,7 @@ async def run(args: argparse.Namespace, config: AgentConfig) -> None:
     kubeconfig = KubeConfig.from_file(str(args.kubeconfig)) if args.kubeconfig else KubeConfig.from_env()
     client = AsyncClient(config=kubeconfig, field_manager=f"qatvm-agent-{config.node}")
     agent = NodeAgent(config, client)
-    async with health.serving(args.health_port):
+    async with health.serving(args.health_port), metrics.serving("agent", args.metrics_port, args.metrics_address):
         await kopf.operator(
             registry=handlers.registry,
             settings=handlers.configure(kopf.OperatorSettings(), config.node),

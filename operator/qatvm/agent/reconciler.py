@@ -12,6 +12,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from qatvm import metrics
 from qatvm.agent.config import AgentConfig
 from qatvm.agent.vm_files import prepare_disks
 from qatvm.api.base import ObjectRef
@@ -64,15 +65,20 @@ class VmReconciler:
         """Bring the node to what the VM asks for; raises on what it cannot fix by itself."""
         if vm.status.node_name != self.config.node or not vm.status.devices:
             raise AllocationMissing(f"{vm.ref.namespace}/{vm.ref.name} has no allocation on {self.config.node} yet")
-        for device in vm.status.devices:
-            self.binder.bind_to_vfio(device.pci_address)
+        with metrics.step("bind"):
+            for device in vm.status.devices:
+                self.binder.bind_to_vfio(device.pci_address)
         spec = self.domain_spec(vm)
-        prepare_disks(self.config, vm, spec.disk, spec.cloud_init_iso)
-        self.hypervisor.define(build_domain(spec))
+        with metrics.step("disk"):
+            prepare_disks(self.config, vm, spec.disk, spec.cloud_init_iso)
+        with metrics.step("define"):
+            self.hypervisor.define(build_domain(spec))
         if vm.spec.running:
-            self.hypervisor.start(spec.name)
+            with metrics.step("start"):
+                self.hypervisor.start(spec.name)
         else:
-            self.hypervisor.stop(spec.name)
+            with metrics.step("stop"):
+                self.hypervisor.stop(spec.name)
         state = self.hypervisor.state(spec.name)
         running = state is DomainState.RUNNING
         phase = Phase.RUNNING if running else Phase.STOPPED
@@ -87,11 +93,12 @@ class VmReconciler:
     def remove(self, ref: ObjectRef, devices: list[AllocatedDevice]) -> None:
         """Destroy and undefine the domain, give the VFs back, delete the VM's files."""
         name = domain_name(ref.namespace, ref.name)
-        self.hypervisor.destroy(name)
-        self.hypervisor.undefine(name)
-        for device in devices:
-            self.binder.release(device.pci_address)
-        shutil.rmtree(self.vm_dir(ref.namespace, ref.name), ignore_errors=True)
+        with metrics.step("remove"):
+            self.hypervisor.destroy(name)
+            self.hypervisor.undefine(name)
+            for device in devices:
+                self.binder.release(device.pci_address)
+            shutil.rmtree(self.vm_dir(ref.namespace, ref.name), ignore_errors=True)
 
     def sweep(self, vms: list[QatVirtualMachine]) -> list[str]:
         """Remove what a crash left behind: domains of VMs that no longer exist, and VFs on

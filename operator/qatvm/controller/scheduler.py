@@ -26,6 +26,7 @@ from lightkube.core.exceptions import ApiError
 from lightkube.resources.core_v1 import Namespace, Node
 from lightkube.types import PatchType
 
+from qatvm import metrics
 from qatvm.api import conditions as cond
 from qatvm.api.vm import AllocatedDevice, Phase, QatVirtualMachine
 from qatvm.controller.picture import ClusterPicture
@@ -224,6 +225,7 @@ class Scheduler:
         finally:
             self.slots.release()
         self.picture.observe_vm(updated)
+        metrics.placed(meta["creationTimestamp"])
         await self.events.post(body, "Normal", "Scheduled", summary)
         log.info("placed %s/%s: %s", meta["namespace"], meta["name"], summary)
 
@@ -271,8 +273,9 @@ async def _retrying(step: Callable[[], Any], what: str, attempts: int | None = N
             return True
         except asyncio.CancelledError:
             raise
-        except Exception:  # noqa: BLE001 - logged in full, then retried
+        except Exception as error:  # noqa: BLE001 - logged in full, then retried
             log.exception("%s failed; retrying", what)
+            metrics.reconcile_error("controller", error)
             tried += 1
             await asyncio.sleep(1.0)
             if attempts is not None and tried >= attempts:

@@ -60,10 +60,11 @@ class ClusterStartError(RuntimeError):
 
 
 @contextmanager
-def local_cluster(state_dir: Path, nodes: int) -> Iterator[E2eCluster]:
+def local_cluster(state_dir: Path, nodes: int, monitoring: bool = False) -> Iterator[E2eCluster]:
     """`qatvm local up` in `state_dir` for the duration of the block, then `down`."""
     qatvm = [sys.executable, "-m", "qatvm", "local"]
-    up = subprocess.run([*qatvm, "up", "--nodes", str(nodes), "--state-dir", str(state_dir)], capture_output=True, text=True, timeout=300)
+    flags = ["--monitoring"] if monitoring else []
+    up = subprocess.run([*qatvm, "up", "--nodes", str(nodes), "--state-dir", str(state_dir), *flags], capture_output=True, text=True, timeout=300)
     if up.returncode != 0:
         raise ClusterStartError(f"qatvm local up failed:\n{up.stderr}")
     try:
