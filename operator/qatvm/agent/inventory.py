@@ -72,6 +72,11 @@ class InventoryPublisher:
             wrote = True
         return wrote
 
+    def holders_of(self, addresses: set[str]) -> set[str | None]:
+        """The UIDs the last published status gives as holders of `addresses` (None: free)."""
+        vfs = {vf["pciAddress"]: vf for vf in (self.published or {}).get("vfs", [])}
+        return {((vfs.get(a) or {}).get("allocatedTo") or {}).get("uid") for a in addresses}
+
     async def _ensure_object(self) -> None:
         if self.published is not None:
             return
