@@ -258,7 +258,7 @@ class NodeAgent:
             listed[body["metadata"]["uid"]] = body
         for uid, body in listed.items():
             known = self.vms.get(uid)
-            if known is None or int(known["metadata"]["resourceVersion"]) < int(body["metadata"]["resourceVersion"]):
+            if known is None or known["metadata"].get("resourceVersion") != body["metadata"].get("resourceVersion"):
                 self.vms[uid] = body
                 self.queue.add(uid)
         for uid, ref in holdings.refs.items():
@@ -327,13 +327,24 @@ class NodeAgent:
         """Bind nothing before the QatNode says the VM holds its VFs: if the VM then vanished
         without cleanup, the controller still sees the VFs as held until the node gives them back."""
         wanted = {d.pci_address for d in vm.status.devices}
-        deadline = asyncio.get_running_loop().time() + PUBLISH_TIMEOUT
-        while self.publisher.holders_of(wanted) != {vm.ref.uid}:
-            remaining = deadline - asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + PUBLISH_TIMEOUT
+        while True:
+            holders = self.publisher.holders_of(wanted)
+            if all(ref is not None and ref.uid == vm.ref.uid for ref in holders.values()):
+                return
+            for ref in holders.values():
+                if ref is not None and ref.uid != vm.ref.uid and ref.uid not in self.suspects:
+                    # Another VM's record still holds a VF: if that VM is gone, clean it up now.
+                    self.suspects[ref.uid] = ref
+                    self.queue.add(ref.uid)
+            remaining = deadline - loop.time()
             if remaining <= 0:
+                taken = {a: r for a, r in holders.items() if r is not None and r.uid != vm.ref.uid}
                 raise TimeoutError(
-                    f"the QatNode {self.config.node} could not be published with {', '.join(sorted(wanted))} "
-                    "allocated to this VM; see the agent's log"
+                    f"the QatNode {self.config.node} does not list {', '.join(sorted(wanted))} as allocated to "
+                    f"this VM after {PUBLISH_TIMEOUT:.0f}s"
+                    + (f"; still held by {', '.join(f'{a}: {r.namespace}/{r.name}' for a, r in sorted(taken.items()))}" if taken else "")
                 )
             self._dirty.set()
             published = self._published
