@@ -15,10 +15,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from qatvm.node.binding import VfBinder
-from qatvm.node.sysfs import open_sysfs
 from qatvm.testing.cluster import LocalNodes, eventually
 from qatvm.testing.kubectl import Kubectl
+from holdings import allocated_to, drivers, records
 from vms import condition, status, vm, wait_ready
 
 FINALIZER = "agent.qatvm.io/finalizer"
@@ -33,15 +32,6 @@ def uid_of(kubectl: Kubectl, name: str, namespace: str) -> str:
     return str(kubectl.json("get", "qvm", name, "-n", namespace)["metadata"]["uid"])
 
 
-def records(nodes: LocalNodes, node: str) -> dict[str, str | None]:
-    root = nodes.root(node)
-    binder = VfBinder(open_sysfs(root / "sys"), root / "var/lib/qatvm/binding")
-    return {r.address: r.owner.uid if r.owner else None for r in binder.records()}
-
-
-def allocated_to(kubectl: Kubectl, node: str) -> dict[str, str]:
-    vfs = kubectl.json("get", "qatnode", node)["status"]["vfs"]
-    return {v["pciAddress"]: v["allocatedTo"]["uid"] for v in vfs if v.get("allocatedTo")}
 
 
 @contextmanager
@@ -85,7 +75,7 @@ def test_an_allocation_naming_no_vf_of_the_node_is_refused_with_nothing_written(
     kubectl.apply({**vm("forged", namespace), "spec": {**vm("forged", namespace)["spec"], "nodeSelector": {"qatvm.io/nowhere": "true"}}})
     eventually(lambda: _assert_pending(kubectl, "forged", namespace), timeout=30)
     pf = kubectl.json("get", "qatnode", "node-1")["status"]["vfs"][0]["pfAddress"]
-    sysfs_before = _drivers(nodes, "node-1")
+    sysfs_before = drivers(nodes, "node-1")
     forged = {"status": {"nodeName": "node-1", "devices": [{"pciAddress": pf}, {"pciAddress": "0000:ee:00.1"}]}}
     kubectl.run("patch", "qvm", "forged", "-n", namespace, "--subresource=status", "--type=merge", "-p", json.dumps(forged))
 
@@ -97,7 +87,7 @@ def test_an_allocation_naming_no_vf_of_the_node_is_refused_with_nothing_written(
     ready = eventually(refused, timeout=30)
     assert f"status.devices names {pf}, which is not a QAT VF on node node-1" in ready["message"]
     assert status(kubectl, "forged", namespace)["phase"] == "Failed"
-    assert _drivers(nodes, "node-1") == sysfs_before
+    assert drivers(nodes, "node-1") == sysfs_before
     uid = uid_of(kubectl, "forged", namespace)
     assert uid not in records(nodes, "node-1").values()
     assert all(d.owner is None or d.owner.uid != uid for _, d in nodes.domains("node-1").values())
@@ -139,8 +129,8 @@ def test_a_vm_whose_finalizer_was_forced_off_is_cleaned_up_within_seconds(
     wait_ready(kubectl, "forced", namespace)
     st = status(kubectl, "forced", namespace)
     uid = uid_of(kubectl, "forced", namespace)
-    drivers = {d["pciAddress"]: d.get("driver") for d in st["devices"]}
-    assert set(allocated_to(kubectl, "node-2").items()) >= {(a, uid) for a in drivers}
+    given = {d["pciAddress"]: d.get("driver") for d in st["devices"]}
+    assert set(allocated_to(kubectl, "node-2").items()) >= {(a, uid) for a in given}
 
     # Finding 3: the finalizer removed by force and the VM deleted, while the agent looks away.
     with paused(nodes, "agent-node-2"):
@@ -149,7 +139,7 @@ def test_a_vm_whose_finalizer_was_forced_off_is_cleaned_up_within_seconds(
 
     def cleaned_up() -> None:
         assert st["domain"]["name"] not in nodes.domains("node-2")
-        assert {a: nodes.driver("node-2", a) for a in drivers} == drivers
+        assert {a: nodes.driver("node-2", a) for a in given} == drivers
         assert uid not in records(nodes, "node-2").values()
         assert not (nodes.root("node-2") / "var/lib/qatvm/vms" / uid).exists()
         assert uid not in allocated_to(kubectl, "node-2").values()
@@ -190,8 +180,3 @@ def test_create_to_ready_costs_the_agent_two_writes_and_one_event(kubectl: Kubec
 
 def _assert_pending(kubectl: Kubectl, name: str, namespace: str) -> None:
     assert status(kubectl, name, namespace).get("phase") == "Pending"
-
-
-def _drivers(nodes: LocalNodes, node: str) -> dict[str, str | None]:
-    sysfs = open_sysfs(nodes.root(node) / "sys")
-    return {a: sysfs.readlink(f"bus/pci/devices/{a}/driver") for a in sysfs.listdir("bus/pci/devices")}

@@ -17,10 +17,9 @@ from typing import Any
 
 import pytest
 
-from qatvm.node.binding import VfBinder
-from qatvm.node.sysfs import open_sysfs
 from qatvm.testing.cluster import LocalNodes, eventually
 from qatvm.testing.kubectl import Kubectl
+from holdings import allocated_to, drivers, records
 from vms import all_vms, vm
 
 SEEDS = (7, 11, 23)
@@ -57,21 +56,6 @@ def _quiet(kubectl: Kubectl) -> None:
     assert all_vms(kubectl) == []
 
 
-def _drivers(nodes: LocalNodes, node: str) -> dict[str, str | None]:
-    sysfs = open_sysfs(nodes.root(node) / "sys")
-    return {a: sysfs.readlink(f"bus/pci/devices/{a}/driver") for a in sysfs.listdir("bus/pci/devices")}
-
-
-def _records(nodes: LocalNodes, node: str) -> dict[str, str | None]:
-    root = nodes.root(node)
-    binder = VfBinder(open_sysfs(root / "sys"), root / "var/lib/qatvm/binding")
-    return {r.address: r.owner.uid if r.owner else None for r in binder.records()}
-
-
-def _allocated_to(kubectl: Kubectl, node: str) -> dict[str, str]:
-    vfs = kubectl.json("get", "qatnode", node)["status"]["vfs"]
-    return {v["pciAddress"]: v["allocatedTo"]["uid"] for v in vfs if v.get("allocatedTo")}
-
 
 def _free(kubectl: Kubectl, nodes: LocalNodes) -> dict[str, int]:
     return {node: kubectl.json("get", "qatnode", node)["status"]["free"] for node in nodes.state().nodes}
@@ -92,20 +76,20 @@ def _check_invariants(kubectl: Kubectl, nodes: LocalNodes, vms: list[dict[str, A
         assert len(in_domains) == len(set(in_domains)), f"a VF in two domains on {node}: {in_domains}"
         assert {a: uid for _, d in domains.values() for a in (h.source.address.bdf for h in d.devices.hostdevs) for uid in [d.owner.uid if d.owner else None]} == placed
         # No VF on vfio-pci, or recorded as bound, without its VM; the node's word agrees.
-        on_vfio = {a for a, drv in _drivers(nodes, node).items() if drv == "vfio-pci"}
+        on_vfio = {a for a, drv in drivers(nodes, node).items() if drv == "vfio-pci"}
         assert on_vfio == set(placed), f"vfio-pci on {node}: {on_vfio ^ set(placed)}"
-        assert _records(nodes, node) == placed
+        assert records(nodes, node) == placed
         vm_dirs = nodes.root(node) / "var/lib/qatvm/vms"
         files = {p.name for p in vm_dirs.iterdir()} if vm_dirs.exists() else set()
         assert files == uids, f"files on {node}: {files ^ uids}"
-        assert _allocated_to(kubectl, node) == placed
+        assert allocated_to(kubectl, node) == placed
 
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_crashes_in_a_burst_keep_every_invariant(kubectl: Kubectl, nodes: LocalNodes, namespace: str, seed: int) -> None:
     eventually(lambda: _quiet(kubectl), timeout=120, interval=1)
     node_names = nodes.state().nodes
-    drivers_before = {node: _drivers(nodes, node) for node in node_names}
+    drivers_before = {node: drivers(nodes, node) for node in node_names}
     free_before = _free(kubectl, nodes)
     rng = random.Random(seed)
     kills = {
@@ -137,10 +121,10 @@ def test_crashes_in_a_burst_keep_every_invariant(kubectl: Kubectl, nodes: LocalN
     def back_as_before() -> None:
         assert _ours(kubectl, namespace) == []
         for node in node_names:
-            assert _drivers(nodes, node) == drivers_before[node]
-            assert _records(nodes, node) == {}
+            assert drivers(nodes, node) == drivers_before[node]
+            assert records(nodes, node) == {}
             assert nodes.domains(node) == {}
-            assert _allocated_to(kubectl, node) == {}
+            assert allocated_to(kubectl, node) == {}
         assert _free(kubectl, nodes) == free_before
 
     eventually(back_as_before, timeout=60, interval=1)

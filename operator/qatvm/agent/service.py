@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -35,7 +35,7 @@ from qatvm.agent.reconciler import AllocationMissing, Outcome, VmReconciler
 from qatvm.agent.workqueue import KeyedQueue
 from qatvm.api.base import ObjectRef
 from qatvm.api.qatnode import QatNodeStatus
-from qatvm.api.vm import Phase, QatVirtualMachine
+from qatvm.api.vm import QatVirtualMachine
 from qatvm.events import EventRecorder
 from qatvm.hypervisor import open_hypervisor
 from qatvm.kube import QatVirtualMachineResource
@@ -278,12 +278,7 @@ class NodeAgent:
     async def watch_holdings(self) -> None:
         while True:
             await asyncio.sleep(self.config.audit_seconds)
-            try:
-                await self.audit()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # noqa: BLE001 - logged in full; the next round tries again
-                log.exception("checking the node's holdings against the API failed")
+            await _logged(self.audit(), "checking the node's holdings against the API")
 
     # -- the inventory -----------------------------------------------------------------------
 
@@ -315,12 +310,7 @@ class NodeAgent:
             except TimeoutError:
                 pass
             self._dirty.clear()
-            try:
-                await self.refresh_inventory()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # noqa: BLE001 - logged in full; the next scan tries again
-                log.exception("publishing the inventory failed")
+            await _logged(self.refresh_inventory(), "publishing the inventory")
             await asyncio.sleep(PUBLISH_INTERVAL)
 
     async def _wait_published_as_held(self, vm: QatVirtualMachine) -> None:
@@ -377,6 +367,16 @@ class NodeAgent:
     async def close(self) -> None:
         await self.queue.stop()
         self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+async def _logged(step: Awaitable[Any], what: str) -> None:
+    """Run one round of a loop; a failure is logged in full and the next round tries again."""
+    try:
+        await step
+    except asyncio.CancelledError:
+        raise
+    except Exception:  # noqa: BLE001 - see the docstring
+        log.exception("%s failed", what)
 
 
 def _ref(body: dict[str, Any]) -> ObjectRef | None:
