@@ -85,7 +85,7 @@ def test_an_allocation_naming_no_vf_of_the_node_is_refused_with_nothing_written(
         return ready
 
     ready = eventually(refused, timeout=30)
-    assert f"status.devices names {pf}, which is not a QAT VF on node node-1" in ready["message"]
+    assert f"status.devices names {pf}, which is not a QAT VF on node node-1 (it is another kind of device)" in ready["message"]
     assert status(kubectl, "forged", namespace)["phase"] == "Failed"
     assert drivers(nodes, "node-1") == sysfs_before
     uid = uid_of(kubectl, "forged", namespace)

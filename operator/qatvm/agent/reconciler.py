@@ -95,12 +95,15 @@ class VmReconciler:
         with self.sysfs_lock:
             vfs = {vf.pci_address for vf in discover(self.binder.sysfs, self.config.extra_vf_ids).vfs}
         for device in vm.status.devices:
-            if device.pci_address not in vfs:
-                raise ForeignDeviceError(
-                    f"status.devices names {device.pci_address}, which is not a QAT VF on node {self.config.node}; "
-                    "the agent binds only the VFs its node publishes in its QatNode. Delete the VM and create it "
-                    "again so the controller places it anew"
-                )
+            if device.pci_address in vfs:
+                continue
+            present = self.binder.sysfs.exists(f"bus/pci/devices/{device.pci_address}")
+            raise ForeignDeviceError(
+                f"status.devices names {device.pci_address}, which is not a QAT VF on node {self.config.node} "
+                + ("(it is another kind of device)" if present else "(no such device here: gone from the host, or another node's)")
+                + "; the agent binds only the VFs its node publishes in its QatNode. Delete the VM and create it "
+                "again so the controller places it anew"
+            )
 
     def apply(self, vm: QatVirtualMachine) -> Outcome:
         """Bring the node to what the VM asks for; raises on what it cannot fix by itself."""

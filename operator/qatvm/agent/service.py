@@ -66,7 +66,9 @@ class NodeAgent:
         )
         self.publisher = InventoryPublisher(config, client)
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="node-work")
-        self.queue = KeyedQueue(self.reconcile, concurrency=workers)
+        # Passes outnumber threads: a pass may wait on the API or for a publish, holding no thread,
+        # and one VM's pass may wait for another's cleanup.
+        self.queue = KeyedQueue(self.reconcile, concurrency=4 * workers)
         # The VMs placed on this node, as last seen alive, by UID.
         self.vms: dict[str, dict[str, Any]] = {}
         # UIDs a watch or an audit says may be gone: the next pass asks the API.
@@ -86,15 +88,16 @@ class NodeAgent:
         selector, also means "no longer placed here"; the pass asks the API which."""
         meta = body["metadata"]
         uid = meta["uid"]
+        known = self.vms.get(uid)
         if deleted:
             self.vms.pop(uid, None)
             self.suspects[uid] = _ref(body)
         else:
-            known = self.vms.get(uid)
             if known is not None and known["metadata"].get("resourceVersion") == meta.get("resourceVersion"):
                 return  # the echo of our own write, already seen
             self.vms[uid] = copy.deepcopy(body)
-        self._dirty.set()
+        if deleted or known is None or _placement(known) != _placement(body):
+            self._dirty.set()  # who holds which VF may have changed: publish soon
         self.queue.add(uid)
 
     # -- one VM ------------------------------------------------------------------------------
@@ -148,9 +151,9 @@ class NodeAgent:
                     self.suspects.setdefault(error.holder.uid, error.holder)
                     self.queue.add(error.holder.uid)
                 return await self._report_failure(vm, error)
+            # The VFs' new driver is published with the next scan: it changes no one's holdings.
             self.applied[uid] = (generation, outcome)
             self.failures.pop(uid, None)
-            self._dirty.set()
         else:
             outcome = done[1]
         status = report.after_apply(vm, outcome, self.health.get(uid, report.DeviceHealth()))
@@ -385,6 +388,11 @@ def _ref(body: dict[str, Any]) -> ObjectRef | None:
         return ObjectRef(namespace=meta.get("namespace", ""), name=meta.get("name", ""), uid=meta.get("uid", ""))
     except ValueError:
         return None
+
+
+def _placement(body: dict[str, Any]) -> tuple[Any, Any]:
+    status = body.get("status") or {}
+    return status.get("nodeName"), status.get("devices")
 
 
 def _devices(body: dict[str, Any]) -> list[tuple[ObjectRef, Any]]:
