@@ -25,7 +25,7 @@ from qatvm.hypervisor import DomainState
 from qatvm.kube import QatVirtualMachineResource
 from qatvm.node.binding import VfBinder
 from qatvm.node.sysfs import open_sysfs
-from simnode import BASE, GEN4_A, GEN4_B, Node
+from simnode import BASE, GEN4_A, GEN4_B, GEN4_C, Node
 
 pytestmark = pytest.mark.controlplane
 
@@ -64,7 +64,7 @@ def place(node: Node, kube: lightkube.AsyncClient, agent: NodeAgent, namespace: 
         vm = node.vm(name, addresses, node=agent.config.node, namespace=namespace)
         body = {"apiVersion": "qatvm.io/v1alpha1", "kind": "QatVirtualMachine",
                 "metadata": {"name": name, "namespace": namespace},
-                "spec": {"memory": "64Mi", "qat": {"count": len(addresses)}, "image": {"path": BASE}}}
+                "spec": {"memory": "128Mi", "qat": {"count": len(addresses)}, "image": {"path": BASE}}}
         await kube.create(QatVirtualMachineResource.from_dict(body))
         placed = await kube.patch(
             QatVirtualMachineResource.Status, name, {"status": vm.status.wire()}, namespace=namespace, patch_type=PatchType.MERGE
@@ -140,10 +140,14 @@ async def test_the_audit_finds_holdings_whose_vm_the_api_does_not_have(agent: No
     ghost = node.vm("ghost", [GEN4_B], node=agent.config.node)
     await asyncio.get_running_loop().run_in_executor(None, agent.reconciler.apply, ghost)
     assert owners(node)[GEN4_B] == ghost.ref.uid
-    # ...and a deletion the agent never heard of.
-    missed = await place("missed", [])
-    agent.vms[missed["metadata"]["uid"]] = missed
-    await kube.delete(QatVirtualMachineResource, "missed", namespace=missed["metadata"]["namespace"])
+    # ...and a VM deleted (its finalizer forced off) with its DELETED event missed.
+    missed = await place("missed", [GEN4_C])
+    await settle(agent, missed)
+    namespace = missed["metadata"]["namespace"]
+    await kube.patch(QatVirtualMachineResource, "missed", {"metadata": {"finalizers": None}},
+                     namespace=namespace, patch_type=PatchType.MERGE)
+    await kube.delete(QatVirtualMachineResource, "missed", namespace=namespace)
+    assert owners(node)[GEN4_C] == missed["metadata"]["uid"]
 
     await agent.audit()
     await agent.queue.idle()
@@ -151,4 +155,4 @@ async def test_the_audit_finds_holdings_whose_vm_the_api_does_not_have(agent: No
     assert owners(node) == {GEN4_A: live["metadata"]["uid"]}
     assert [d.owner.uid for d in agent.reconciler.hypervisor.owned_domains()] == [live["metadata"]["uid"]]
     assert missed["metadata"]["uid"] not in agent.vms
-    assert node.driver(GEN4_B) is None and node.driver(GEN4_A) == "vfio-pci"
+    assert node.driver(GEN4_B) is None and node.driver(GEN4_C) is None and node.driver(GEN4_A) == "vfio-pci"
