@@ -8,6 +8,7 @@ forced off needs an admin, since the shipped policies refuse it to anyone else.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -42,7 +43,8 @@ def paused(nodes: LocalNodes, component: str) -> Iterator[None]:
     try:
         yield
     finally:
-        os.kill(pid, signal.SIGCONT)
+        with contextlib.suppress(ProcessLookupError):  # killed meanwhile
+            os.kill(pid, signal.SIGCONT)
 
 
 def test_relabelling_a_vm_gives_no_agent_any_authority(kubectl: Kubectl, nodes: LocalNodes, namespace: str) -> None:
@@ -75,7 +77,7 @@ def test_an_allocation_naming_no_vf_of_the_node_is_refused_with_nothing_written(
     kubectl.apply({**vm("forged", namespace), "spec": {**vm("forged", namespace)["spec"], "nodeSelector": {"qatvm.io/nowhere": "true"}}})
     eventually(lambda: _assert_pending(kubectl, "forged", namespace), timeout=30)
     pf = kubectl.json("get", "qatnode", "node-1")["status"]["vfs"][0]["pfAddress"]
-    sysfs_before = drivers(nodes, "node-1")
+    pf_driver = drivers(nodes, "node-1")[pf]
     forged = {"status": {"nodeName": "node-1", "devices": [{"pciAddress": pf}, {"pciAddress": "0000:ee:00.1"}]}}
     kubectl.run("patch", "qvm", "forged", "-n", namespace, "--subresource=status", "--type=merge", "-p", json.dumps(forged))
 
@@ -87,9 +89,12 @@ def test_an_allocation_naming_no_vf_of_the_node_is_refused_with_nothing_written(
     ready = eventually(refused, timeout=30)
     assert f"status.devices names {pf}, which is not a QAT VF on node node-1 (it is another kind of device)" in ready["message"]
     assert status(kubectl, "forged", namespace)["phase"] == "Failed"
-    assert drivers(nodes, "node-1") == sysfs_before
+    # Other tests' VMs come and go on this node meanwhile: only what this VM could have moved is checked.
+    assert drivers(nodes, "node-1")[pf] == pf_driver
     uid = uid_of(kubectl, "forged", namespace)
     assert uid not in records(nodes, "node-1").values()
+    on_vfio = {a for a, d in drivers(nodes, "node-1").items() if d == "vfio-pci"}
+    assert on_vfio <= set(records(nodes, "node-1"))
     assert all(d.owner is None or d.owner.uid != uid for _, d in nodes.domains("node-1").values())
     kubectl.run("delete", "qvm", "forged", "-n", namespace, "--timeout=60s")
 
@@ -106,10 +111,12 @@ def test_replace_with_the_original_manifest_and_an_agent_restart_keep_the_vm(
     inode = overlay.stat().st_ino
     domain = before["domain"]["name"]
 
-    # Finding 4: replace drops the labels and finalizers; then the agent restarts.
-    kubectl.run("replace", "-f", "-", input=manifest)
-    assert FINALIZER not in (kubectl.json("get", "qvm", "replaced", "-n", namespace)["metadata"].get("finalizers") or [])
-    os.kill(nodes.state().components["agent-node-1"], signal.SIGKILL)
+    # Finding 4: replace drops the labels and finalizers; then the agent restarts. (A running
+    # agent puts its finalizer back at once: it is held still to see the VM without it.)
+    with paused(nodes, "agent-node-1"):
+        kubectl.run("replace", "-f", "-", input=manifest)
+        assert FINALIZER not in (kubectl.json("get", "qvm", "replaced", "-n", namespace)["metadata"].get("finalizers") or [])
+        os.kill(nodes.state().components["agent-node-1"], signal.SIGKILL)
 
     def finalizer_back() -> None:
         assert FINALIZER in (kubectl.json("get", "qvm", "replaced", "-n", namespace)["metadata"].get("finalizers") or [])
@@ -163,19 +170,23 @@ def test_64_kib_of_non_ascii_user_data_reaches_ready_and_deletes(kubectl: Kubect
 def test_create_to_ready_costs_the_agent_two_writes_and_one_event(kubectl: Kubectl, nodes: LocalNodes, namespace: str) -> None:
     kubectl.apply(vm("counted", namespace, count=2))
     wait_ready(kubectl, "counted", namespace)
-    agent_writes = [
-        (e["verb"], e["objectRef"].get("subresource")) for e in nodes.audit.events()
+    attempts = [
+        (e["verb"], e["objectRef"].get("subresource"), e.get("responseStatus", {}).get("code"))
+        for e in nodes.audit.events()
         if (e.get("objectRef") or {}).get("resource") == "qatvirtualmachines"
         and e["objectRef"].get("namespace") == namespace and e["objectRef"].get("name") == "counted"
         and e["verb"] in ("create", "update", "patch") and e.get("stage") == "ResponseComplete"
         and "qatvm-agent" in e["user"]["username"]
     ]
-    print(f"agent writes to the VM from create to Ready: {agent_writes}")
-    assert sorted(agent_writes, key=str) == [("patch", None), ("patch", "status")]
+    print(f"agent write attempts on the VM from create to Ready: {attempts}")
+    # A conflict (409: the controller wrote the VM again meanwhile) changes nothing and is retried.
+    written = [(verb, sub or "") for verb, sub, code in attempts if code is not None and code < 300]
+    assert sorted(written) == [("patch", ""), ("patch", "status")]  # the finalizer, then the outcome
     events = kubectl.json("get", "events", "-n", namespace, "--field-selector", "involvedObject.name=counted")["items"]
     by_agents = [e for e in events if e["source"].get("component", "").startswith("qatvm-agent")]
     assert [e["reason"] for e in by_agents] == ["Running"], by_agents
-    assert not kubectl.json("get", "qvm", "counted", "-n", namespace)["metadata"].get("annotations")
+    annotations = kubectl.json("get", "qvm", "counted", "-n", namespace)["metadata"].get("annotations") or {}
+    assert [k for k in annotations if not k.startswith("kubectl.kubernetes.io/")] == []  # kubectl apply's own only
 
 
 def _assert_pending(kubectl: Kubectl, name: str, namespace: str) -> None:
