@@ -87,13 +87,15 @@ class VmReconciler:
             cpu_mode=self.config.cpu_mode,
         )
 
-    def check_allocation(self, vm: QatVirtualMachine) -> None:
+    def check_allocation(self, vm: QatVirtualMachine, vfs: set[str] | None = None) -> None:
         """Refuse, before touching anything, an allocation that is not this node's QAT VFs: the
-        status may name a NIC or another node's address, and the agent binds nothing but its own VFs."""
+        status may name a NIC or another node's address, and the agent binds nothing but its own VFs.
+        `vfs` is the node's latest scan; without it, sysfs is scanned now."""
         if vm.status.node_name != self.config.node or not vm.status.devices:
             raise AllocationMissing(f"{vm.ref.namespace}/{vm.ref.name} has no allocation on {self.config.node} yet")
-        with self.sysfs_lock:
-            vfs = {vf.pci_address for vf in discover(self.binder.sysfs, self.config.extra_vf_ids).vfs}
+        if vfs is None:
+            with self.sysfs_lock:
+                vfs = {vf.pci_address for vf in discover(self.binder.sysfs, self.config.extra_vf_ids).vfs}
         for device in vm.status.devices:
             if device.pci_address in vfs:
                 continue
@@ -105,9 +107,9 @@ class VmReconciler:
                 "again so the controller places it anew"
             )
 
-    def apply(self, vm: QatVirtualMachine) -> Outcome:
+    def apply(self, vm: QatVirtualMachine, vfs: set[str] | None = None) -> Outcome:
         """Bring the node to what the VM asks for; raises on what it cannot fix by itself."""
-        self.check_allocation(vm)
+        self.check_allocation(vm, vfs)
         spec = self.domain_spec(vm)
         self._clear_previous_owner(spec)
         self.prepare_files(vm, spec)

@@ -140,9 +140,10 @@ class NodeAgent:
         done = self.applied.get(uid)
         if done is None or done[0] != generation:
             try:
-                await self._in_thread(self.reconciler.check_allocation, vm)
+                self.reconciler.check_allocation(vm, self._scanned())
                 await self._wait_published_as_held(vm)
-                outcome = await self._in_thread(self.reconciler.apply, vm)
+                # The VFs were in the scan that published them as this VM's: no second scan.
+                outcome = await self._in_thread(self.reconciler.apply, vm, self._scanned())
             except AllocationMissing:
                 return None
             except Exception as error:  # noqa: BLE001 - reported on the VM, then retried
@@ -345,6 +346,9 @@ class NodeAgent:
                 await asyncio.wait_for(published.wait(), timeout=remaining)
             except TimeoutError:
                 continue
+
+    def _scanned(self) -> set[str]:
+        return {vf.pci_address for vf in self.inventory.vfs}
 
     def _check_health(self, status: QatNodeStatus) -> None:
         present = {vf.pci_address: vf for vf in status.vfs}
