@@ -66,6 +66,9 @@ class NodeAgent:
         )
         self.publisher = InventoryPublisher(config, client)
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="node-work")
+        # Scans have a thread of their own: VMs wait for the publish a scan makes, so it must never
+        # queue behind their work.
+        self.scanner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scan")
         # Passes outnumber threads: a pass may wait on the API or for a publish, holding no thread,
         # and one VM's pass may wait for another's cleanup.
         self.queue = KeyedQueue(self.reconcile, concurrency=4 * workers)
@@ -297,7 +300,7 @@ class NodeAgent:
                 recorded = {r.address: r.owner for r in self.reconciler.binder.records() if r.owner is not None}
                 return scan(self.config, self.sysfs, {**placed, **recorded})
 
-        status = await self._in_thread(read)
+        status = await asyncio.get_running_loop().run_in_executor(self.scanner, read)
         self.inventory = status
         await self.publisher.publish(status)
         published, self._published = self._published, asyncio.Event()
@@ -374,6 +377,7 @@ class NodeAgent:
     async def close(self) -> None:
         await self.queue.stop()
         self.executor.shutdown(wait=False, cancel_futures=True)
+        self.scanner.shutdown(wait=False, cancel_futures=True)
 
 
 async def _logged(step: Awaitable[Any], what: str) -> None:
