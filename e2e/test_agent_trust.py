@@ -126,7 +126,8 @@ def test_replace_with_the_original_manifest_and_an_agent_restart_keep_the_vm(
     assert nodes.domains("node-1")[domain][0].value == "running"
     assert overlay.stat().st_ino == inode  # the guest's disk was never deleted and made anew
     assert all(nodes.driver("node-1", d["pciAddress"]) == "vfio-pci" for d in before["devices"])
-    assert condition(kubectl, "replaced", namespace, "Ready")["status"] == "True"  # type: ignore[index]
+    ready = condition(kubectl, "replaced", namespace, "Ready")
+    assert ready is not None and ready["status"] == "True", ready
 
 
 def test_a_vm_whose_finalizer_was_forced_off_is_cleaned_up_within_seconds(

@@ -40,12 +40,12 @@ async def kube(control_plane: ControlPlane) -> AsyncIterator[lightkube.AsyncClie
 @pytest.fixture
 async def agent(node: Node, kube: lightkube.AsyncClient) -> AsyncIterator[NodeAgent]:
     """An agent on its own node name (the control plane is shared by the session), started as
-    kopf starts it: holdings audited, first inventory published, the inventory loop running."""
+    kopf starts it: first inventory published, holdings audited, the inventory loop running."""
     name = f"svc-{uuid.uuid4().hex[:8]}"
     await kube.create(KubeNode(metadata=ObjectMeta(name=name)))
     running = NodeAgent(node.config.model_copy(update={"node": name, "audit_seconds": 3600}), kube)
-    await running.audit()
     await running.refresh_inventory()
+    await running.audit()
     loop = asyncio.create_task(running.watch_inventory())
     yield running
     loop.cancel()

@@ -37,9 +37,10 @@ def _agent(memo: Any) -> NodeAgent:
 @kopf.on.startup(registry=registry)
 async def start(memo: Any, **_: Any) -> None:
     agent = _agent(memo)
-    # Before the watch: the node's holdings against the API, and a first inventory.
-    await agent.audit()
+    # Before the watch: a first inventory (the audit's passes check allocations against it),
+    # then the node's holdings against the API.
     await agent.refresh_inventory()
+    await agent.audit()
 
 
 # After `start`: the first scan is published before the loops take over.
