@@ -65,6 +65,7 @@ def test_delete_removes_the_domain_and_gives_the_vfs_back(kubectl: Kubectl, node
     wait_ready(kubectl, "brief", namespace)
     st = status(kubectl, "brief", namespace)
     node, domain = st["nodeName"], st["domain"]["name"]
+    uid = kubectl.json("get", "qvm", "brief", "-n", namespace)["metadata"]["uid"]
     devices = [d["pciAddress"] for d in st["devices"]]
     before = {d: d_drv for d, d_drv in ((d["pciAddress"], d.get("driver")) for d in st["devices"])}
 
@@ -73,7 +74,7 @@ def test_delete_removes_the_domain_and_gives_the_vfs_back(kubectl: Kubectl, node
     assert {d: nodes.driver(node, d) for d in devices} == before
     # Its own VFs, not the node's count: VMs of earlier tests' namespaces may still be going away.
     eventually(lambda: _assert_given_back(kubectl, node, devices))
-    assert not (nodes.root(node) / "var/lib/qatvm/vms" / domain).exists()
+    assert not (nodes.root(node) / "var/lib/qatvm/vms" / uid).exists()
 
 
 def _assert_phase(kubectl: Kubectl, name: str, namespace: str, phase: str) -> None:

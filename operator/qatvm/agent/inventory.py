@@ -74,6 +74,14 @@ class InventoryPublisher:
             wrote = True
         return wrote
 
+    def holders_of(self, addresses: set[str]) -> dict[str, ObjectRef | None]:
+        """Who the last published status says holds each of `addresses` (None: nobody)."""
+        vfs = {vf["pciAddress"]: vf for vf in (self.published or {}).get("vfs", [])}
+        return {
+            a: ObjectRef.model_validate(vfs[a]["allocatedTo"]) if (vfs.get(a) or {}).get("allocatedTo") else None
+            for a in addresses
+        }
+
     async def _ensure_object(self) -> None:
         if self.published is not None:
             return

@@ -38,6 +38,8 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, AgentConfig]:
                         help="a node directory VM images may come from; repeat for more "
                              f"(default: {DEFAULT_IMAGE_DIR}); mount exactly these into the agent")
     parser.add_argument("--scan-seconds", type=float, default=5.0, help="how often sysfs is rescanned")
+    parser.add_argument("--audit-seconds", type=float, default=30.0,
+                        help="how often the node's domains, bound VFs and files are checked against the API")
     parser.add_argument("--health-port", type=int, default=0, help="serve GET /healthz on this port (0: off)")
     metrics.add_arguments(parser)
     parser.add_argument("--verbose", action="store_true")
@@ -54,6 +56,7 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, AgentConfig]:
             cpu_mode=CpuMode(args.cpu_mode),
             extra_vf_ids=tuple(ExtraVfId.parse_list(args.extra_vf_ids)),
             scan_seconds=args.scan_seconds,
+            audit_seconds=args.audit_seconds,
             image_dirs=tuple(args.image_dirs or (DEFAULT_IMAGE_DIR,)),
         )
     except ValidationError as error:
