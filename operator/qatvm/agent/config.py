@@ -36,6 +36,9 @@ class AgentConfig(BaseModel):
     def _image_dirs_spare_the_state(self) -> AgentConfig:
         self.images.check_config()
         return self
+    # A node path (under host_root): where the node keeps the agent's files. Moved where the
+    # default is not writable (a read-only root) or not where the admin wants VM disks.
+    state_path: PurePosixPath = STATE_DIR
 
     @property
     def sysfs(self) -> Path:
@@ -43,8 +46,8 @@ class AgentConfig(BaseModel):
 
     @property
     def state_dir(self) -> Path:
-        return self.host_root / STATE_DIR.relative_to("/")
+        return self.host_root / self.state_path.relative_to("/")
 
     @property
     def images(self) -> ImagePolicy:
-        return ImagePolicy(self.host_root, self.image_dirs, STATE_DIR)
+        return ImagePolicy(self.host_root, self.image_dirs, self.state_path)

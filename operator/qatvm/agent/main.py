@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from qatvm import health, logs, metrics
 from qatvm.agent import handlers
-from qatvm.agent.config import AgentConfig
+from qatvm.agent.config import STATE_DIR, AgentConfig
 from qatvm.agent.service import NodeAgent
 from qatvm.domain.spec import CpuMode, VirtType
 from qatvm.node.devices import ExtraVfId
@@ -38,12 +38,17 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, AgentConfig]:
                         help="a node directory VM images may come from; repeat for more "
                              f"(default: {DEFAULT_IMAGE_DIR}); mount exactly these into the agent")
     parser.add_argument("--scan-seconds", type=float, default=5.0, help="how often sysfs is rescanned")
+    parser.add_argument("--state-dir", type=PurePosixPath, default=STATE_DIR, metavar="DIR",
+                        help="node path (under HOST_ROOT) of the agent's files: binding records, VM disks and "
+                        "seeds (default: %(default)s)")
     parser.add_argument("--health-port", type=int, default=0, help="serve GET /healthz on this port (0: off)")
     metrics.add_arguments(parser)
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
     if not args.node:
         parser.error("--node (or $NODE_NAME) is required")
+    if not args.state_dir.is_absolute():
+        parser.error(f"--state-dir {args.state_dir}: give an absolute path, as the node sees it")
     try:
         config = AgentConfig(
             node=args.node,
@@ -55,6 +60,7 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, AgentConfig]:
             extra_vf_ids=tuple(ExtraVfId.parse_list(args.extra_vf_ids)),
             scan_seconds=args.scan_seconds,
             image_dirs=tuple(args.image_dirs or (DEFAULT_IMAGE_DIR,)),
+            state_path=args.state_dir,
         )
     except ValidationError as error:
         parser.error("; ".join(str(e["msg"]) for e in error.errors()))
