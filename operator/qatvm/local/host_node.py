@@ -82,7 +82,7 @@ class HostNode(BaseModel):
                 sys.executable, "-m", "qatvm", "agent", "--node", self.name, "--kubeconfig", kubeconfig,
                 "--host-root", self.host_root, "--libvirt-uri", self.libvirt_uri,
                 "--virt-type", self.virt_type.value, "--cpu-mode", self.cpu_mode.value,
-                "--extra-vf-ids", self.extra_vf_ids, "--state-dir", self.state_dir,
+                "--extra-vf-ids", self.extra_vf_ids, "--state-dir", str(self.state_dir),
             ],
             state_dir / "logs" / f"agent-{self.name}.log",
         )
