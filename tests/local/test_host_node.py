@@ -20,7 +20,7 @@ import yaml
 from qatvm.hardware import HardwareProfile, generate
 from qatvm.hypervisor import open_hypervisor
 from qatvm.local.state import ClusterState
-from qatvm.processes import pid_alive
+from qatvm.processes import pid_alive, wait_until
 from qatvm.testing.kubectl import Kubectl
 
 IMAGE = "/var/lib/qatvm/images/base.qcow2"
@@ -51,6 +51,12 @@ def host_flags(root: Path) -> list[str]:
 def driver(root: Path, address: str) -> str | None:
     link = root / "sys/bus/pci/devices" / address / "driver"
     return Path(link.readlink()).name if link.is_symlink() else None
+
+
+def domains(root: Path) -> list[str]:
+    """The states of qatvm's domains, as the node's libvirt file holds them now."""
+    with open_hypervisor(f"qatvm-test://{root}/hypervisor.xml") as hypervisor:
+        return [d.state.value for d in hypervisor.owned_domains()]
 
 
 def token_claims(kubeconfig: Path) -> dict[str, Any]:
@@ -102,8 +108,7 @@ def test_host_node_runs_a_vm_and_down_gives_the_host_back(tmp_path: Path) -> Non
     assert state is not None and not any(pid_alive(p) for p in [state.supervisor_pid, *state.components.values()])
     # Given back: the VF on its driver again, no domain, no binding record; the VM is still wanted.
     assert driver(root, address) == "c6xxvf"
-    with open_hypervisor(f"qatvm-test://{root}/hypervisor.xml") as hypervisor:
-        assert hypervisor.owned_domains() == []
+    assert domains(root) == []
     assert list((root / "var/lib/qatvm/binding").iterdir()) == []
     log = (state_dir / "logs" / "supervisor.log").read_text()
     assert f"host node hn: gave VF {address} back" in log
@@ -112,8 +117,9 @@ def test_host_node_runs_a_vm_and_down_gives_the_host_back(tmp_path: Path) -> Non
     again = qatvm("local", "up", "--nodes", "1", "--state-dir", str(state_dir), *host_flags(root))
     assert again.returncode == 0, again.stderr
     try:
-        kubectl.run("wait", "--for=condition=Ready", "qvm/on-host", "--timeout=60s")
-        assert driver(root, address) == "vfio-pci"
+        # Its status still says Ready from before `down`: the node itself shows the restart.
+        assert wait_until(lambda: driver(root, address) == "vfio-pci", 60)
+        assert wait_until(lambda: domains(root) == ["running"], 30)
         kubectl.run("delete", "qvm", "on-host", "--timeout=60s")
         assert driver(root, address) == "c6xxvf"
     finally:
