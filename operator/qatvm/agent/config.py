@@ -29,6 +29,9 @@ class AgentConfig(BaseModel):
     extra_vf_ids: tuple[ExtraVfId, ...] = ()
     # How often sysfs is read again for VFs that appear, vanish or turn unhealthy.
     scan_seconds: float = 5.0
+    # A node path (under host_root): where the node keeps the agent's files. Moved where the
+    # default is not writable (a read-only root) or not where the admin wants VM disks.
+    state_path: PurePosixPath = STATE_DIR
     # Node paths; the only places `spec.image.path` (and every backing file) may resolve into.
     image_dirs: tuple[PurePosixPath, ...] = (DEFAULT_IMAGE_DIR,)
 
@@ -36,9 +39,6 @@ class AgentConfig(BaseModel):
     def _image_dirs_spare_the_state(self) -> AgentConfig:
         self.images.check_config()
         return self
-    # A node path (under host_root): where the node keeps the agent's files. Moved where the
-    # default is not writable (a read-only root) or not where the admin wants VM disks.
-    state_path: PurePosixPath = STATE_DIR
 
     @property
     def sysfs(self) -> Path:

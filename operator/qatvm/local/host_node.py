@@ -21,15 +21,15 @@ from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Node
 from pydantic import BaseModel, ConfigDict
 
-from qatvm.agent.config import DEFAULT_STATE_DIR
+from qatvm.agent.config import STATE_DIR
 from qatvm.domain.spec import CpuMode, VirtType
 from qatvm.local.credentials import AGENT_SA, service_account_kubeconfig
 from qatvm.node.devices import ExtraVfId
+from qatvm.node.images import DEFAULT_IMAGE_DIR
 from qatvm.node.passthrough_readiness import Finding, HostPaths, check_readiness
 from qatvm.node.sysfs import open_sysfs
 from qatvm.processes import ManagedProcess
 
-DEFAULT_IMAGE_DIR = PurePosixPath("/var/lib/qatvm/images")
 # A Node name is a DNS subdomain (RFC 1123), lower case.
 NODE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
@@ -43,7 +43,7 @@ class HostNode(BaseModel):
     cpu_mode: CpuMode = CpuMode.HOST_PASSTHROUGH
     extra_vf_ids: str = ""
     # Node paths, as the agent's flags take them.
-    state_dir: PurePosixPath = DEFAULT_STATE_DIR
+    state_dir: PurePosixPath = STATE_DIR
     image_dir: PurePosixPath = DEFAULT_IMAGE_DIR
     # `/` on a real machine; a simulated node's root in tests.
     host_root: Path = Path("/")
@@ -83,6 +83,7 @@ class HostNode(BaseModel):
                 "--host-root", self.host_root, "--libvirt-uri", self.libvirt_uri,
                 "--virt-type", self.virt_type.value, "--cpu-mode", self.cpu_mode.value,
                 "--extra-vf-ids", self.extra_vf_ids, "--state-dir", str(self.state_dir),
+                "--image-dir", str(self.image_dir),
             ],
             state_dir / "logs" / f"agent-{self.name}.log",
         )
@@ -122,7 +123,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--extra-vf-ids", metavar="VVVV:DDDD[=NAME],...",
                        help="more VF device IDs for the host node's agent to manage")
     group.add_argument("--agent-state-dir", type=PurePosixPath, metavar="DIR",
-                       help=f"the host node's agent files: VM disks, binding records (default: {DEFAULT_STATE_DIR})")
+                       help=f"the host node's agent files: VM disks, binding records (default: {STATE_DIR})")
     group.add_argument("--image-dir", type=PurePosixPath, metavar="DIR",
                        help=f"where the base images VMs name are (default: {DEFAULT_IMAGE_DIR})")
     group.add_argument("--host-root", type=Path, help=argparse.SUPPRESS)
