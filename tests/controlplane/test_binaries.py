@@ -46,3 +46,21 @@ def test_an_unbuilt_cache_says_what_to_run(tmp_path: Path, monkeypatch: pytest.M
         env={**os.environ, "QATVM_CACHE_DIR": str(tmp_path)},
     )
     assert [Path(line).parent.parent for line in listed.stdout.split()] == [tmp_path] * len(bundles())
+
+
+def test_a_cached_build_runs_without_go(tmp_path: Path) -> None:
+    """A machine that only runs the control plane (a server, the real-kernel guest sharing the
+    cache) has no Go: with every binary cached, nothing asks for it."""
+    for bundle in bundles():
+        assert bundle.is_built(), f"run `qatvm build` first: {bundle.directory} is empty"
+    without_go = {**os.environ, "PATH": str(tmp_path)}
+    built = subprocess.run([sys.executable, "-m", "qatvm", "build"], capture_output=True, text=True, timeout=60, env=without_go)
+    assert built.returncode == 0, built.stderr
+    assert "cached in" in built.stderr
+
+
+def test_an_unbuilt_cache_without_go_names_the_toolchain(tmp_path: Path) -> None:
+    env = {**os.environ, "PATH": str(tmp_path), "QATVM_CACHE_DIR": str(tmp_path / "cache")}
+    built = subprocess.run([sys.executable, "-m", "qatvm", "build"], capture_output=True, text=True, timeout=60, env=env)
+    assert built.returncode == 1
+    assert "the Go toolchain is not on PATH" in built.stderr

@@ -31,6 +31,9 @@ class AgentConfig(BaseModel):
     scan_seconds: float = 5.0
     # How often everything the node holds is checked against a fresh LIST of its VMs, by UID.
     audit_seconds: float = 30.0
+    # A node path (under host_root): where the node keeps the agent's files. Moved where the
+    # default is not writable (a read-only root) or not where the admin wants VM disks.
+    state_path: PurePosixPath = STATE_DIR
     # Node paths; the only places `spec.image.path` (and every backing file) may resolve into.
     image_dirs: tuple[PurePosixPath, ...] = (DEFAULT_IMAGE_DIR,)
 
@@ -45,8 +48,8 @@ class AgentConfig(BaseModel):
 
     @property
     def state_dir(self) -> Path:
-        return self.host_root / STATE_DIR.relative_to("/")
+        return self.host_root / self.state_path.relative_to("/")
 
     @property
     def images(self) -> ImagePolicy:
-        return ImagePolicy(self.host_root, self.image_dirs, STATE_DIR)
+        return ImagePolicy(self.host_root, self.image_dirs, self.state_path)

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from qatvm import health, logs, metrics
 from qatvm.agent import handlers
-from qatvm.agent.config import AgentConfig
+from qatvm.agent.config import STATE_DIR, AgentConfig
 from qatvm.agent.service import NodeAgent
 from qatvm.domain.spec import CpuMode, VirtType
 from qatvm.node.devices import ExtraVfId
@@ -40,12 +40,17 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, AgentConfig]:
     parser.add_argument("--scan-seconds", type=float, default=5.0, help="how often sysfs is rescanned")
     parser.add_argument("--audit-seconds", type=float, default=30.0,
                         help="how often the node's domains, bound VFs and files are checked against the API")
+    parser.add_argument("--state-dir", type=PurePosixPath, default=STATE_DIR, metavar="DIR",
+                        help="node path (under HOST_ROOT) of the agent's files: binding records, VM disks and "
+                        "seeds (default: %(default)s)")
     parser.add_argument("--health-port", type=int, default=0, help="serve GET /healthz on this port (0: off)")
     metrics.add_arguments(parser)
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
     if not args.node:
         parser.error("--node (or $NODE_NAME) is required")
+    if not args.state_dir.is_absolute():
+        parser.error(f"--state-dir {args.state_dir}: give an absolute path, as the node sees it")
     try:
         config = AgentConfig(
             node=args.node,
@@ -58,6 +63,7 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, AgentConfig]:
             scan_seconds=args.scan_seconds,
             audit_seconds=args.audit_seconds,
             image_dirs=tuple(args.image_dirs or (DEFAULT_IMAGE_DIR,)),
+            state_path=args.state_dir,
         )
     except ValidationError as error:
         parser.error("; ".join(str(e["msg"]) for e in error.errors()))

@@ -26,6 +26,13 @@ from qatvm.processes import ManagedProcess, free_port
 SERVICE_CIDR = "10.0.0.0/24"
 # clusterrole-aggregation fills the built-in view/edit/admin roles, which tenants are bound to.
 KCM_CONTROLLERS = "garbage-collector-controller,namespace-controller,serviceaccount-controller,clusterrole-aggregation-controller"
+# kube-apiserver publishes this as the `kubernetes` Service's endpoint, and with none given it
+# takes the address of the default route's interface, so it refuses to start on a machine with
+# no default route (a test guest, an isolated server); loopback is refused as well. Nothing
+# here dials it: every client reaches the API server through the 127.0.0.1 URL in its
+# kubeconfig. So it is one fixed address that no machine has: RFC 5737 reserves 203.0.113.0/24
+# for documentation, never to be assigned, which keeps every machine's cluster the same.
+ADVERTISE_ADDRESS = "203.0.113.1"
 
 
 class ControlPlaneError(RuntimeError):
@@ -152,6 +159,7 @@ class ControlPlane:
             str(binary("kube-apiserver")),
             f"--etcd-servers={self.etcd_url}",
             "--bind-address=127.0.0.1",
+            f"--advertise-address={ADVERTISE_ADDRESS}",
             f"--secure-port={port}",
             f"--cert-dir={self.directory / 'apiserver-certs'}",
             f"--tls-cert-file={pki.serving.cert}",

@@ -14,7 +14,9 @@ import urllib.request
 from pathlib import Path
 
 from qatvm.controlplane.binaries import BuildError, ensure_built
+from qatvm.local import host_node as host
 from qatvm.local.state import ClusterState, default_state_dir
+from qatvm.local.supervisor import node_names
 from qatvm.processes import ManagedProcess, pid_alive, wait_until
 
 UP_TIMEOUT = 180.0
@@ -25,7 +27,9 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def up(state_dir: Path, nodes: int, hardware: Path | None, monitoring: bool = False) -> int:
+def up(
+    state_dir: Path, nodes: int, hardware: Path | None, monitoring: bool = False, host_node: host.HostNode | None = None
+) -> int:
     state = ClusterState.load(state_dir)
     if state and state.running():
         _say(f"the local cluster in {state_dir} is already running (supervisor pid {state.supervisor_pid})")
@@ -33,12 +37,15 @@ def up(state_dir: Path, nodes: int, hardware: Path | None, monitoring: bool = Fa
             print(state.exports())
             return 0
         return _wait_ready(state_dir, None)
+    if host_node and not _ready_for_host_node(host_node):
+        return 1
     ensure_built()
     state_dir.mkdir(parents=True, exist_ok=True)
     ClusterState.path(state_dir).unlink(missing_ok=True)
     profile: list[str | Path] = ["--hardware", hardware.resolve()] if hardware else []
     if monitoring:
         profile.append("--monitoring")
+    profile += host_node.argv() if host_node else []
     supervisor = ManagedProcess(
         "supervisor",
         [sys.executable, "-m", "qatvm.local.supervisor", "--state-dir", state_dir, "--nodes", nodes, *profile],
@@ -54,6 +61,18 @@ def up(state_dir: Path, nodes: int, hardware: Path | None, monitoring: bool = Fa
     if code == 0:
         _say(f"ready in {time.monotonic() - started:.1f}s")
     return code
+
+
+def _ready_for_host_node(node: host.HostNode) -> bool:
+    findings = node.preflight()
+    _say(f"checking that this machine can be node {node.name}:")
+    for finding in findings:
+        for line in finding.lines():
+            _say(f"  {line}")
+    failed = [f.check for f in findings if not f.ok]
+    if failed:
+        _say(f"nothing was started: fix {', '.join(failed)} (see above), then run `qatvm local up` again")
+    return not failed
 
 
 def _child_env() -> dict[str, str]:
@@ -156,12 +175,13 @@ def _readyz(state_dir: Path, server: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="qatvm local", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
+    parsers: dict[str, argparse.ArgumentParser] = {}
     for name, help_text in (
         ("up", "start the local cluster (builds the control plane on first use)"),
         ("down", "stop the local cluster"),
         ("status", "say what runs"),
     ):
-        sub = commands.add_parser(name, help=help_text)
+        sub = parsers[name] = commands.add_parser(name, help=help_text)
         sub.add_argument(
             "--state-dir",
             type=Path,
@@ -179,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
                 "--monitoring", action="store_true",
                 help="also run Prometheus (Debian's `prometheus`) on loopback, scraping the controller and every agent",
             )
+            host.add_arguments(sub)
         if name == "down":
             sub.add_argument("--purge", action="store_true", help="also delete the state dir")
         if name == "status":
@@ -187,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     state_dir = args.state_dir.resolve()
     try:
         if args.command == "up":
-            return up(state_dir, args.nodes, args.hardware, args.monitoring)
+            host_node = host.from_args(parsers["up"], args, node_names(args.nodes))
+            return up(state_dir, args.nodes, args.hardware, args.monitoring, host_node)
         if args.command == "down":
             return down(state_dir, args.purge)
         return status(state_dir, args.output)

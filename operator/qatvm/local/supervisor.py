@@ -23,6 +23,7 @@ from lightkube.resources.core_v1 import Node
 from qatvm.controlplane.server import ControlPlane, Endpoints
 from qatvm.hardware import DEFAULT_PROFILE, HardwareProfile, load_profile
 from qatvm.kube import QatNodeResource, apply_crds, client
+from qatvm.local import host_node as host
 from qatvm.local.credentials import AGENT_SA, CONTROLLER_SA, NAMESPACE, apply_rbac, service_account_kubeconfig
 from qatvm.local.monitoring import Prometheus, Target
 from qatvm.local.nodes import SimulatedNode
@@ -52,9 +53,13 @@ def register_nodes(kube: Client, names: list[str]) -> None:
 
 
 class Supervisor:
-    def __init__(self, state_dir: Path, nodes: int, profile: HardwareProfile, monitoring: bool = False) -> None:
+    def __init__(
+        self, state_dir: Path, nodes: int, profile: HardwareProfile, monitoring: bool = False,
+        host_node: host.HostNode | None = None,
+    ) -> None:
         self.state_dir = state_dir
         self.nodes = [SimulatedNode(name, state_dir / "nodes" / name) for name in node_names(nodes)]
+        self.host_node = host_node
         self.profile = profile
         # Each component's metrics port is fixed for the cluster's life, so a restarted
         # component is scraped where Prometheus already looks.
@@ -67,19 +72,24 @@ class Supervisor:
         self.control_plane = ControlPlane(state_dir, audit=True)
         self.operators: list[ManagedProcess] = []
         self.stopping = threading.Event()
-        self.state = ClusterState(supervisor_pid=os.getpid(), nodes=[n.name for n in self.nodes])
+        names = [n.name for n in self.nodes] + ([host_node.name] if host_node else [])
+        self.state = ClusterState(supervisor_pid=os.getpid(), nodes=names)
 
     def run(self) -> int:
         started = time.monotonic()
         self.state.save(self.state_dir)
         try:
             endpoints = self.control_plane.start()
+            print(f"control plane ready in {time.monotonic() - started:.1f}s", flush=True)
             kube = client(endpoints.kubeconfig)
             apply_crds(kube)
             register_nodes(kube, [n.name for n in self.nodes])
+            if self.host_node:
+                self.host_node.register(kube)
             apply_rbac(kube)
             self._start_operators(kube, endpoints)
             self._wait_for_inventories(kube)
+            print(f"every node's inventory published {time.monotonic() - started:.1f}s after start", flush=True)
             self._wait_for_prometheus()
         except Exception as error:  # the reason goes to `local up`, which prints it
             self.state.error = f"{type(error).__name__}: {error}"
@@ -136,6 +146,8 @@ class Supervisor:
             )
         if monitored:
             self.operators.append(monitored.process(logs))
+        if self.host_node:
+            self.operators.append(self.host_node.agent(kube, endpoints.server, self.control_plane.ca_file, self.state_dir))
         for process in self.operators:
             process.start()
 
@@ -152,7 +164,7 @@ class Supervisor:
     def _wait_for_inventories(self, kube: Client) -> None:
         """Ready means usable: every agent has published its node's VFs."""
         deadline = time.monotonic() + INVENTORY_TIMEOUT
-        waiting = {n.name for n in self.nodes}
+        waiting = set(self.state.nodes)
         while waiting:
             waiting -= {item.to_dict()["metadata"]["name"] for item in kube.list(QatNodeResource) if item.to_dict().get("status")}
             crashed = [p for p in self.operators if not p.alive()]
@@ -187,6 +199,9 @@ class Supervisor:
         # Operators first, so none of them sees the API server go away under it.
         for process in reversed(self.operators):
             process.stop()
+        if self.host_node:
+            for line in self.host_node.give_back():
+                print(f"host node {self.host_node.name}: {line}", flush=True)
         self.control_plane.stop()
 
 
@@ -200,9 +215,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nodes", type=int, default=2)
     parser.add_argument("--hardware", type=Path, help="hardware profile (YAML) for every simulated node")
     parser.add_argument("--monitoring", action="store_true", help="also run Prometheus, scraping every component")
+    host.add_arguments(parser)
     args = parser.parse_args(argv)
     profile = load_profile(args.hardware) if args.hardware else DEFAULT_PROFILE
-    supervisor = Supervisor(args.state_dir, args.nodes, profile, monitoring=args.monitoring)
+    supervisor = Supervisor(
+        args.state_dir, args.nodes, profile, monitoring=args.monitoring,
+        host_node=host.from_args(parser, args, node_names(args.nodes)),
+    )
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, lambda *_: supervisor.stopping.set())
     return supervisor.run()
