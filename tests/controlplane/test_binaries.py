@@ -46,3 +46,16 @@ def test_an_unbuilt_cache_says_what_to_run(tmp_path: Path, monkeypatch: pytest.M
         env={**os.environ, "QATVM_CACHE_DIR": str(tmp_path)},
     )
     assert [Path(line).parent.parent for line in listed.stdout.split()] == [tmp_path, tmp_path]
+
+
+def test_node_binaries_are_built_only_when_asked_for(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QATVM_CACHE_DIR", str(tmp_path))
+    with pytest.raises(BuildError, match=r"kubelet v1\.37\.\d+ is not built yet: run `qatvm build --kubelet`"):
+        binary("kubelet")
+    env = {**os.environ, "QATVM_CACHE_DIR": str(tmp_path)}
+    listed = subprocess.run(
+        [sys.executable, "-m", "qatvm", "build", "--print-dir", "--kubelet"], capture_output=True, text=True, timeout=60, env=env
+    )
+    names = [Path(line).name for line in listed.stdout.split()]
+    # The node bundle is the same Kubernetes version from the same wrapper module.
+    assert len(names) == 3 and names[2] == names[1].replace("kubernetes-", "kubernetes-node-")
