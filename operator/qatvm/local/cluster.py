@@ -13,10 +13,13 @@ import urllib.request
 from pathlib import Path
 
 from qatvm.controlplane.binaries import BuildError, ensure_built
+from qatvm.local.node_images import ImageError, pause_archive, qatvm_archive
 from qatvm.local.state import ClusterState, default_state_dir
 from qatvm.processes import ManagedProcess, pid_alive, wait_until
 
 UP_TIMEOUT = 180.0
+# Real nodes pull nothing, but start containerd, import the images and start four pods.
+KUBELET_UP_TIMEOUT = 420.0
 DOWN_TIMEOUT = 60.0
 
 
@@ -24,7 +27,7 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def up(state_dir: Path, nodes: int, hardware: Path | None) -> int:
+def up(state_dir: Path, nodes: int, hardware: Path | None, kubelet: bool = False) -> int:
     state = ClusterState.load(state_dir)
     if state and state.running():
         _say(f"the local cluster in {state_dir} is already running (supervisor pid {state.supervisor_pid})")
@@ -32,10 +35,13 @@ def up(state_dir: Path, nodes: int, hardware: Path | None) -> int:
             print(state.exports())
             return 0
         return _wait_ready(state_dir, None)
-    ensure_built()
+    ensure_built(kubelet=kubelet)
     state_dir.mkdir(parents=True, exist_ok=True)
     ClusterState.path(state_dir).unlink(missing_ok=True)
     profile: list[str | Path] = ["--hardware", hardware.resolve()] if hardware else []
+    if kubelet:
+        for image in (pause_archive(), qatvm_archive()):
+            profile += ["--kubelet-image", image]
     supervisor = ManagedProcess(
         "supervisor",
         [sys.executable, "-m", "qatvm.local.supervisor", "--state-dir", state_dir, "--nodes", nodes, *profile],
@@ -47,7 +53,7 @@ def up(state_dir: Path, nodes: int, hardware: Path | None) -> int:
     started = time.monotonic()
     supervisor.start()
     _say(f"starting the local cluster in {state_dir} (log: {supervisor.log_path})")
-    code = _wait_ready(state_dir, supervisor)
+    code = _wait_ready(state_dir, supervisor, KUBELET_UP_TIMEOUT if kubelet else UP_TIMEOUT)
     if code == 0:
         _say(f"ready in {time.monotonic() - started:.1f}s")
     return code
@@ -61,8 +67,8 @@ def _child_env() -> dict[str, str]:
     return env
 
 
-def _wait_ready(state_dir: Path, supervisor: ManagedProcess | None) -> int:
-    deadline = time.monotonic() + UP_TIMEOUT
+def _wait_ready(state_dir: Path, supervisor: ManagedProcess | None, timeout: float = UP_TIMEOUT) -> int:
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         state = ClusterState.load(state_dir)
         if state and state.error:
@@ -75,7 +81,7 @@ def _wait_ready(state_dir: Path, supervisor: ManagedProcess | None) -> int:
             _say(f"the local cluster exited during start-up; end of {supervisor.log_path}:\n{supervisor.log_tail()}")
             return 1
         time.sleep(0.1)
-    _say(f"the local cluster was not ready after {UP_TIMEOUT:.0f}s; see {state_dir / 'logs'}")
+    _say(f"the local cluster was not ready after {timeout:.0f}s; see {state_dir / 'logs'}")
     return 1
 
 
@@ -145,6 +151,11 @@ def main(argv: list[str] | None = None) -> int:
         if name == "up":
             sub.add_argument("--nodes", type=int, default=2, help="simulated nodes (default: %(default)s)")
             sub.add_argument(
+                "--kubelet", action="store_true",
+                help="real nodes: a kubelet and containerd per node, each in its own namespaces, running the "
+                "shipped manifests as pods from an image built here (builds kubelet and the image on first use)",
+            )
+            sub.add_argument(
                 "--hardware", type=Path,
                 help="hardware profile (YAML) for each simulated node; default: two 4xxx PFs, "
                 "8 VFs each, on NUMA nodes 0 (sym;asym) and 1 (dc); see `qatvm hardware --print-default-profile`",
@@ -155,10 +166,10 @@ def main(argv: list[str] | None = None) -> int:
     state_dir = args.state_dir.resolve()
     try:
         if args.command == "up":
-            return up(state_dir, args.nodes, args.hardware)
+            return up(state_dir, args.nodes, args.hardware, args.kubelet)
         if args.command == "down":
             return down(state_dir, args.purge)
         return status(state_dir)
-    except BuildError as error:
+    except (BuildError, ImageError) as error:
         _say(f"qatvm local: {error}")
         return 1

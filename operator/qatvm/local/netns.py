@@ -53,6 +53,14 @@ def listen_in(namespace: Path | None, address: tuple[str, int]) -> socket.socket
     return server
 
 
+def udp_in(namespace: Path, address: tuple[str, int]) -> socket.socket:
+    """A bound UDP socket in `namespace`."""
+    with entered(namespace):
+        server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(address)
+    return server
+
+
 def connect_in(namespace: Path | None, address: tuple[str, int], timeout: float = 5.0) -> socket.socket:
     with entered(namespace) if namespace else contextlib.nullcontext():
         conn = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

@@ -20,13 +20,16 @@ from lightkube import Client
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Node
 
+from qatvm.controlplane.certs import ensure_pki
 from qatvm.controlplane.server import ControlPlane, Endpoints
 from qatvm.hardware import DEFAULT_PROFILE, HardwareProfile, load_profile
 from qatvm.kube import QatNodeResource, apply_crds, client
 from qatvm.local.credentials import AGENT_SA, CONTROLLER_SA, NAMESPACE, apply_rbac, service_account_kubeconfig
+from qatvm.local.kubelet_cluster import KubeletCluster
 from qatvm.local.nodes import SimulatedNode
 from qatvm.local.state import ClusterState
 from qatvm.processes import ManagedProcess
+from qatvm.testing.kubectl import Kubectl
 
 SIMULATED_LABEL = "qatvm.io/simulated"
 INVENTORY_TIMEOUT = 60.0
@@ -50,12 +53,17 @@ def register_nodes(kube: Client, names: list[str]) -> None:
 
 
 class Supervisor:
-    def __init__(self, state_dir: Path, nodes: int, profile: HardwareProfile) -> None:
+    def __init__(
+        self, state_dir: Path, nodes: int, profile: HardwareProfile, kubelet_images: list[Path] | None = None
+    ) -> None:
         self.state_dir = state_dir
         self.nodes = [SimulatedNode(name, state_dir / "nodes" / name) for name in node_names(nodes)]
         self.profile = profile
         # The audit log (DIR/audit.log) lets anyone count what the operator writes.
-        self.control_plane = ControlPlane(state_dir, audit=True)
+        self.control_plane = ControlPlane(state_dir, audit=True, nodes=kubelet_images is not None)
+        # With images to load, the nodes are real kubelets running the shipped manifests.
+        self.kubelets = KubeletCluster(state_dir, self.nodes, kubelet_images) if kubelet_images is not None else None
+        self.kube: Client | None = None
         self.operators: list[ManagedProcess] = []
         self.stopping = threading.Event()
         self.state = ClusterState(supervisor_pid=os.getpid(), nodes=[n.name for n in self.nodes])
@@ -64,13 +72,18 @@ class Supervisor:
         started = time.monotonic()
         self.state.save(self.state_dir)
         try:
+            if self.kubelets:
+                self.kubelets.prepare(self.control_plane)
             endpoints = self.control_plane.start()
-            kube = client(endpoints.kubeconfig)
+            kube = self.kube = client(endpoints.kubeconfig)
             apply_crds(kube)
-            register_nodes(kube, [n.name for n in self.nodes])
-            apply_rbac(kube)
-            self._start_operators(kube, endpoints)
-            self._wait_for_inventories(kube)
+            if self.kubelets:
+                self._start_kubelets(kube, endpoints)
+            else:
+                register_nodes(kube, [n.name for n in self.nodes])
+                apply_rbac(kube)
+                self._start_operators(kube, endpoints)
+                self._wait_for_inventories(kube)
         except Exception as error:  # the reason goes to `local up`, which prints it
             self.state.error = f"{type(error).__name__}: {error}"
             self.state.save(self.state_dir)
@@ -93,9 +106,9 @@ class Supervisor:
     def _start_operators(self, kube: Client, endpoints: Endpoints) -> None:
         python = [sys.executable, "-m", "qatvm"]
         logs = self.state_dir / "logs"
-        controller_config = service_account_kubeconfig(
-            kube, self.state_dir / "controller.kubeconfig", endpoints.server, self.control_plane.ca_file, CONTROLLER_SA
-        )
+        for node in self.nodes:
+            node.prepare(self.profile)
+        controller_config = self._write_operator_kubeconfigs(kube, endpoints)
         self.operators.append(
             ManagedProcess(
                 "controller",
@@ -104,10 +117,6 @@ class Supervisor:
             )
         )
         for node in self.nodes:
-            node.prepare(self.profile)
-            service_account_kubeconfig(
-                kube, node.kubeconfig, endpoints.server, self.control_plane.ca_file, AGENT_SA, bound_node=node.name
-            )
             self.operators.append(
                 ManagedProcess(
                     f"agent-{node.name}",
@@ -120,6 +129,27 @@ class Supervisor:
             )
         for process in self.operators:
             process.start()
+
+    def _start_kubelets(self, kube: Client, endpoints: Endpoints) -> None:
+        assert self.kubelets is not None
+        for node in self.nodes:
+            node.prepare(self.profile)
+        self.kubelets.start(ensure_pki(self.state_dir / "pki"), int(endpoints.server.rsplit(":", 1)[1]))
+        kubectl = Kubectl(endpoints.kubectl, endpoints.kubeconfig)
+        self.kubelets.apply(kubectl)
+        self.kubelets.wait_ready(kube, kubectl)
+        # The pods use their own tokens; these are for people and tests acting as either.
+        self._write_operator_kubeconfigs(kube, endpoints)
+
+    def _write_operator_kubeconfigs(self, kube: Client, endpoints: Endpoints) -> Path:
+        """DIR/controller.kubeconfig and DIR/nodes/<node>/agent.kubeconfig (bound to the Node)."""
+        for node in self.nodes:
+            service_account_kubeconfig(
+                kube, node.kubeconfig, endpoints.server, self.control_plane.ca_file, AGENT_SA, bound_node=node.name
+            )
+        return service_account_kubeconfig(
+            kube, self.state_dir / "controller.kubeconfig", endpoints.server, self.control_plane.ca_file, CONTROLLER_SA
+        )
 
     def _wait_for_inventories(self, kube: Client) -> None:
         """Ready means usable: every agent has published its node's VFs."""
@@ -138,6 +168,8 @@ class Supervisor:
         self.state.components = {
             **self.control_plane.endpoints().pids,
             **{p.name: p.pid for p in self.operators if p.pid is not None},
+            **(self.kubelets.pids() if self.kubelets else {}),
+            **(self.kubelets.pod_pids(self.kube) if self.kubelets and self.kube else {}),
         }
         self.state.save(self.state_dir)
 
@@ -147,6 +179,13 @@ class Supervisor:
             if dead:
                 print(f"control plane component exited: {', '.join(dead)}; stopping", flush=True)
                 return 1
+            if self.kubelets:
+                stopped_nodes = self.kubelets.exited()
+                if stopped_nodes:
+                    print(f"node stopped: {', '.join(stopped_nodes)}; stopping", flush=True)
+                    return 1
+                # Containers restart with new PIDs; the state file names the current ones.
+                self._record_pids()
             restarted = [p for p in self.operators if not p.alive()]
             for process in restarted:
                 print(f"{process.name} exited with code {process.exit_code()}; restarting", flush=True)
@@ -159,6 +198,8 @@ class Supervisor:
         # Operators first, so none of them sees the API server go away under it.
         for process in reversed(self.operators):
             process.stop()
+        if self.kubelets:
+            self.kubelets.stop()
         self.control_plane.stop()
 
 
@@ -167,9 +208,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", type=Path, required=True)
     parser.add_argument("--nodes", type=int, default=2)
     parser.add_argument("--hardware", type=Path, help="hardware profile (YAML) for every simulated node")
+    parser.add_argument(
+        "--kubelet-image", type=Path, action="append", help="real nodes: an OCI archive each node loads (repeat)"
+    )
     args = parser.parse_args(argv)
     profile = load_profile(args.hardware) if args.hardware else DEFAULT_PROFILE
-    supervisor = Supervisor(args.state_dir, args.nodes, profile)
+    supervisor = Supervisor(args.state_dir, args.nodes, profile, args.kubelet_image)
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, lambda *_: supervisor.stopping.set())
     return supervisor.run()
