@@ -4,7 +4,8 @@ kopf's in-cluster login, like many clients, names the API server by that DNS nam
 by the KUBERNETES_SERVICE_HOST address, so a pod needs what every cluster has, a DNS server
 at the kubelet's clusterDNS address. This one answers A queries for the `kubernetes` Service
 only (NXDOMAIN for anything else, so nothing is ever looked up outside), from a UDP socket
-inside each node's own network namespace.
+inside each node's own network namespace, on the address of the node's pod bridge: answers
+must come from the address the pod asked, and the kernel sends them from the bridge's.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import threading
 from qatvm.controlplane.certs import SERVICE_ADDRESS
 
 CLUSTER_DOMAIN = "cluster.local"
-DNS_ADDRESS = "10.0.0.10"
 RECORDS = {f"kubernetes.default.svc.{CLUSTER_DOMAIN}": SERVICE_ADDRESS}
 TYPE_A, CLASS_IN = 1, 1
 

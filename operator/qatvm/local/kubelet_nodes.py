@@ -2,9 +2,9 @@
 PID, mount and network namespaces (node_init.py runs inside them).
 
 Addresses: each node's namespace has, on its own loopback device, the node IP 10.200.0.N, the
-`kubernetes` Service address 10.0.0.1 and the cluster DNS address 10.0.0.10 (cluster_dns.py,
-served from the supervisor), and its pods get 10.244.N.0/24 on a bridge the CNI
-bridge plugin makes inside it. No interface is created on the host and nothing is sent to any
+`kubernetes` Service address 10.0.0.1, and its pods get 10.244.N.0/24 on a bridge the CNI
+bridge plugin makes inside it, with the node's cluster DNS (cluster_dns.py, served from the
+supervisor) on the bridge's address 10.244.N.1. No interface is created on the host and nothing is sent to any
 address but these and the host's loopback: the supervisor relays the node's connections to the
 API server (10.0.0.1:443 in the node -> the API server on the host's loopback), and the API
 server's connections to a kubelet (logs, exec) go through an HTTP CONNECT relay on a Unix socket
@@ -34,7 +34,7 @@ import yaml
 from qatvm.controlplane.binaries import binary
 from qatvm.controlplane.certs import SERVICE_ADDRESS, Pki, client_pair
 from qatvm.controlplane.kubeconfig import write_kubeconfig
-from qatvm.local.cluster_dns import CLUSTER_DOMAIN, DNS_ADDRESS, DnsServer
+from qatvm.local.cluster_dns import CLUSTER_DOMAIN, DnsServer
 from qatvm.local.netns import Relay, connect_in, listen_in, udp_in
 from qatvm.local.node_init import CONTAINERD_SOCKET, NodePlan
 from qatvm.local.node_images import PAUSE_IMAGE
@@ -52,6 +52,11 @@ def node_ip(index: int) -> str:
 
 def pod_subnet(index: int) -> str:
     return f"10.244.{index}.0/24"
+
+
+def pod_gateway(index: int) -> str:
+    """The node's address on its pod bridge; also where its cluster DNS answers."""
+    return f"10.244.{index}.1"
 
 
 def _toml_value(value: Any) -> str:
@@ -140,7 +145,7 @@ class RealNode:
         plan = NodePlan(
             name=self.name,
             directory=self.work,
-            addresses=[self.ip, SERVICE_ADDRESS, DNS_ADDRESS],
+            addresses=[self.ip, SERVICE_ADDRESS],
             containerd_config=containerd_config,
             kubelet_config=kubelet_config,
             kubeconfig=kubeconfig,
@@ -238,7 +243,7 @@ class RealNode:
             "protectKernelDefaults": True,
             "failSwapOn": False,
             "podLogsDir": str(self.work / "pod-logs"),
-            "clusterDNS": [DNS_ADDRESS],
+            "clusterDNS": [pod_gateway(self.index)],
             "clusterDomain": CLUSTER_DOMAIN,
             # Pods resolve cluster names only: nothing of the host's resolver configuration.
             "resolvConf": "",
@@ -272,7 +277,7 @@ class RealNode:
         self.relays.append(
             Relay(f"{self.name}-apiserver", server, lambda _: connect_in(None, ("127.0.0.1", api_port))).start()
         )
-        self.relays.append(DnsServer(udp_in(namespace, (DNS_ADDRESS, 53))).start())
+        self.relays.append(DnsServer(udp_in(namespace, (pod_gateway(self.index), 53))).start())
 
     def init_pid(self) -> int | None:
         """PID (on the host) of node_init, the child `unshare` forked into the new namespaces."""

@@ -53,10 +53,14 @@ def listen_in(namespace: Path | None, address: tuple[str, int]) -> socket.socket
     return server
 
 
+IP_FREEBIND = 15
+
+
 def udp_in(namespace: Path, address: tuple[str, int]) -> socket.socket:
-    """A bound UDP socket in `namespace`."""
+    """A UDP socket in `namespace`, bound to `address` even before any interface there has it."""
     with entered(namespace):
         server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
     server.bind(address)
     return server
 
