@@ -35,6 +35,42 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
+def descendants(pid: int) -> list[int]:
+    """`pid` and every process below it (a real node: its containerd, kubelet, shims, pods)."""
+    parents: dict[int, list[int]] = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                ppid = int(next(l for l in (proc / "status").read_text().splitlines() if l.startswith("PPid:")).split()[1])
+            except (OSError, StopIteration):
+                continue
+            parents.setdefault(ppid, []).append(int(proc.name))
+    found, queue = [], [pid]
+    while queue:
+        current = queue.pop()
+        found.append(current)
+        queue.extend(parents.get(current, []))
+    return found
+
+
+def kubelet_mode(ups: int) -> None:
+    """`local up --kubelet`: the first run as the caches are (cold if they are empty), then warm."""
+    with tempfile.TemporaryDirectory(prefix="qatvm-bench-") as scratch:
+        state_dir = Path(scratch) / "cluster"
+        for run in range(ups):
+            started = time.monotonic()
+            qatvm("local", "up", "--kubelet", "--state-dir", str(state_dir))
+            print(f"`qatvm local up --kubelet` run {run + 1}: {time.monotonic() - started:.1f}s")
+            if run == ups - 1:
+                state = ClusterState.load(state_dir)
+                assert state is not None
+                for name, pid in state.components.items():
+                    if name.startswith("node-"):
+                        total = sum(rss_mib(p) for p in descendants(pid))
+                        print(f"resident memory of {name} (kubelet, containerd, shims, its pods): {total:.0f} MiB")
+            qatvm("local", "down", "--purge", "--state-dir", str(state_dir))
+
+
 def vm(name: str, count: int) -> dict[str, object]:
     return {
         "apiVersion": "qatvm.io/v1alpha1",
@@ -53,7 +89,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--ups", type=int, default=3, help="how many warm `local up` runs to time")
     parser.add_argument("--burst", type=int, default=20, help="VMs applied at once")
+    parser.add_argument("--kubelet", action="store_true", help="time `local up --kubelet` and its nodes' memory instead")
     args = parser.parse_args()
+    if args.kubelet:
+        kubelet_mode(args.ups)
+        return 0
 
     for bundle in bundles():
         record = bundle.directory / BUILD_RECORD
