@@ -152,7 +152,9 @@ class RealNode:
             images=images,
             kubelet=binary("kubelet"),
             node_ip=self.ip,
-            root_dir=self.work / "kubelet",
+            # In the node's private /var/lib (node_init.py): the kubelet's Unix sockets under its
+            # root would not fit the 108 bytes a socket path may have below a long DIR.
+            root_dir=Path("/var/lib/kubelet"),
             labels=NODE_LABELS,
             node_files=self.files.root,
         )
