@@ -45,6 +45,7 @@ def overlay(state_dir: Path) -> Path:
                 f"--host-root={root}",
                 f"--libvirt-uri=qatvm-test://{root}/hypervisor.xml",
                 "--health-port=8080",
+                "--image-dir=/var/lib/qatvm/images",
                 "--scan-seconds=2",
             ],
         },
