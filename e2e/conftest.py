@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from qatvm.testing.cluster import KUBELET_ENV, E2eCluster, LocalNodes, local_cluster
+from qatvm.testing.installed import require_commands
 from qatvm.testing.kubectl import Kubectl
 
 
@@ -52,3 +53,13 @@ def namespace(kubectl: Kubectl) -> Iterator[str]:
     kubectl.run("create", "namespace", name)
     yield name
     kubectl.run("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="session")
+def monitored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2eCluster]:
+    """A local cluster of its own, started with --monitoring; its tests fill node-1 up."""
+    if os.environ.get("QATVM_E2E_KUBECONFIG"):
+        pytest.skip("fills a node and reads the local Prometheus: needs a `qatvm local up --monitoring` of its own")
+    require_commands({"prometheus": "prometheus"})
+    with local_cluster(tmp_path_factory.mktemp("monitored") / "cluster", nodes=2, monitoring=True) as cluster:
+        yield cluster

@@ -74,7 +74,8 @@ def assert_refused(kubectl: Kubectl, nodes: LocalNodes, name: str, namespace: st
     assert message in ready["message"], ready["message"]
     node = status(kubectl, name, namespace)["nodeName"]
     assert domain_name(namespace, name) not in nodes.domains(node)
-    assert not (nodes.root(node) / "var/lib/qatvm/vms" / domain_name(namespace, name) / "overlay.qcow2").exists()
+    uid = kubectl.json("get", "qvm", name, "-n", namespace)["metadata"]["uid"]
+    assert not (nodes.root(node) / "var/lib/qatvm/vms" / uid / "overlay.qcow2").exists()
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,8 @@ def victim(kubectl: Kubectl) -> Iterator[Victim]:
         kubectl.apply(on(None, "db", other, BASE_IMAGE, cloudInit={"userData": "#cloud-config\npassword: hunter2\n"}))
         wait_ready(kubectl, "db", other)
         node = status(kubectl, "db", other)["nodeName"]
-        yield Victim(other, node, PurePosixPath("/var/lib/qatvm/vms") / domain_name(other, "db"))
+        uid = kubectl.json("get", "qvm", "db", "-n", other)["metadata"]["uid"]
+        yield Victim(other, node, PurePosixPath("/var/lib/qatvm/vms") / uid)
     finally:
         kubectl.run("delete", "namespace", other, "--wait=false", check=False)
 
@@ -185,7 +187,8 @@ def test_a_vms_files_are_private_and_its_hostname_a_dns_label(kubectl: Kubectl, 
     name = "svc." + "a" * 70
     tenant.apply(on(None, name, namespace, BASE_IMAGE, cloudInit={"userData": "#cloud-config\npassword: s3cret\n"}))
     wait_ready(kubectl, name, namespace)
-    files = nodes.root(status(kubectl, name, namespace)["nodeName"]) / "var/lib/qatvm/vms" / domain_name(namespace, name)
+    uid = kubectl.json("get", "qvm", name, "-n", namespace)["metadata"]["uid"]
+    files = nodes.root(status(kubectl, name, namespace)["nodeName"]) / "var/lib/qatvm/vms" / uid
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (files.parent, files, files / "overlay.qcow2", files / "cidata.iso")}
     assert modes == {"vms": 0o711, files.name: 0o711, "overlay.qcow2": 0o600, "cidata.iso": 0o600}
     iso = pycdlib.PyCdlib()

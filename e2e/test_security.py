@@ -10,6 +10,9 @@ import pytest
 from lightkube.core.exceptions import ApiError
 from lightkube.types import PatchType
 
+from lightkube.resources.core_v1 import Node
+
+from qatvm.controlplane.kubeconfig import write_kubeconfig
 from qatvm.kube import QatNodeResource, QatVirtualMachineResource, client
 from qatvm.testing.cluster import LocalNodes, eventually
 from qatvm.testing.kubectl import Kubectl
@@ -61,7 +64,9 @@ def test_controller_cannot_delete_or_read_secrets(kubectl: Kubectl, nodes: Local
     assert "forbidden" in _refused(controller, "delete", "qvm", "plain", "-n", namespace).lower()
     assert "forbidden" in _refused(controller, "get", "secrets", "-A").lower()
     assert "forbidden" in _patch_refused(nodes.state_dir / "controller.kubeconfig", QatNodeResource.Status, "node-1", {"status": {}})
-    assert controller.run("auth", "can-i", "patch", "qatvirtualmachines/status", check=False).stdout.strip() == "yes"
+    assert controller.run("auth", "can-i", "patch", "qatvirtualmachines", "--subresource=status", check=False).stdout.strip() == "yes"
+    # Status only: the controller writes nothing else on a VM (no label, no finalizer).
+    assert controller.run("auth", "can-i", "patch", "qatvirtualmachines", check=False).stdout.strip() == "no"
 
 
 def test_writes_per_vm_from_create_to_ready(kubectl: Kubectl, nodes: LocalNodes, namespace: str) -> None:
@@ -79,8 +84,14 @@ def test_writes_per_vm_from_create_to_ready(kubectl: Kubectl, nodes: LocalNodes,
         by_user[user] = by_user.get(user, 0) + 1
     print(f"writes to the VM object from create to Ready: {len(writes)} {by_user}")
     operator_writes = len(writes) - by_user.get("qatvm-admin", 0)
-    assert by_user.get("qatvm-controller") == 2  # allocation into status, then the node label
+    assert by_user.get("qatvm-controller") == 1, by_user  # the allocation into status, nothing else
     assert operator_writes <= 6, by_user
+    controller_events = [
+        e for e in nodes.audit.events()
+        if (e.get("objectRef") or {}).get("resource") == "events" and e["objectRef"].get("namespace") == namespace
+        and e["verb"] == "create" and e.get("stage") == "ResponseComplete" and e["user"]["username"].endswith(":qatvm-controller")
+    ]
+    assert len(controller_events) == 1, controller_events  # Scheduled
 
 
 def test_idle_agents_write_nothing(kubectl: Kubectl, nodes: LocalNodes) -> None:
@@ -103,3 +114,85 @@ def test_idle_agents_write_nothing(kubectl: Kubectl, nodes: LocalNodes) -> None:
     before = len(agent_writes())
     time.sleep(6.5)  # three scans by each agent
     assert agent_writes()[before:] == []
+
+
+# -- attacks: as a tenant with the shipped roles, and as an agent with its real token ------------
+
+
+def tenant_kubectl(kubectl: Kubectl, nodes: LocalNodes, namespace: str, role: str, tmp_path: Path) -> Kubectl:
+    """A ServiceAccount of `namespace` bound (RoleBinding) to the ClusterRole `role`, with its own token."""
+    account = f"tenant-{role}"
+    kubectl.run("create", "serviceaccount", account, "-n", namespace)
+    kubectl.run("create", "rolebinding", account, "-n", namespace, f"--clusterrole={role}", f"--serviceaccount={namespace}:{account}")
+    token = kubectl.run("create", "token", account, "-n", namespace, "--duration=1h").stdout.strip()
+    state = nodes.state()
+    assert state.server is not None
+    path = write_kubeconfig(tmp_path / f"{account}.kubeconfig", state.server, nodes.state_dir / "pki" / "ca.crt",
+                            user=account, token=token, namespace=namespace)
+    return kubectl.with_kubeconfig(path)
+
+
+@pytest.mark.parametrize("role", ["edit", "qatvm-edit"])
+def test_a_tenant_can_neither_free_nor_move_its_vfs(kubectl: Kubectl, nodes: LocalNodes, namespace: str, role: str, tmp_path: Path) -> None:
+    """Findings 2, 3, 4: relabelling, removing the agent's finalizer, `kubectl replace`."""
+    tenant = tenant_kubectl(kubectl, nodes, namespace, role, tmp_path)
+    manifest = vm("mine", namespace)
+    eventually(lambda: tenant.apply(manifest), timeout=30)  # the aggregated `edit` may take a moment
+    wait_ready(kubectl, "mine", namespace)
+    placed = status(kubectl, "mine", namespace)
+    home = placed["nodeName"]
+    other = next(n for n in nodes.state().nodes if n != home)
+    devices = [d["pciAddress"] for d in placed["devices"]]
+
+    assert "only the node's agent removes the finalizer" in _refused(
+        tenant, "patch", "qvm", "mine", "--type=json", "-p", '[{"op":"remove","path":"/metadata/finalizers"}]'
+    )
+    current = kubectl.json("get", "qvm", "mine", "-n", namespace)
+    replaced = {**manifest, "metadata": {**manifest["metadata"], "resourceVersion": current["metadata"]["resourceVersion"]}}
+    assert "kubectl replace" in tenant.run("replace", "-f", "-", input=replaced, check=False).stderr
+    assert "forbidden" in _refused(tenant, "patch", "qvm", "mine", "--subresource=status", "--type=merge",
+                                   "-p", '{"status":{"nodeName":"%s"}}' % other).lower()
+    # The old label is a name like any other: writing it moves nothing and frees nothing.
+    tenant.run("label", "qvm", "mine", f"qatvm.io/node={other}", "--overwrite")
+    time.sleep(3)  # longer than an agent's scan
+    assert status(kubectl, "mine", namespace)["nodeName"] == home
+    assert all(nodes.driver(home, d) == "vfio-pci" for d in devices)
+    domains = nodes.domains(home)
+    assert [name for name in domains if name.startswith(f"qatvm-{namespace}_")] != []
+
+    # Deleting it cleans up on its real node and nowhere else.
+    tenant.run("delete", "qvm", "mine", "--timeout=60s")
+    assert all(nodes.driver(home, d) != "vfio-pci" for d in devices)
+    assert not [name for name in nodes.domains(home) if name.startswith(f"qatvm-{namespace}_")]
+
+
+def test_an_agent_token_cannot_move_relabel_or_own_vms(kubectl: Kubectl, nodes: LocalNodes, namespace: str) -> None:
+    """Finding 5, with the agent's real, node-bound token from the running cluster."""
+    kubectl.apply(vm("target", namespace), vm("victim", namespace))
+    wait_ready(kubectl, "target", namespace)
+    wait_ready(kubectl, "victim", namespace)
+    placed = status(kubectl, "target", namespace)
+    home = placed["nodeName"]
+    other = next(n for n in nodes.state().nodes if n != home)
+    agent = nodes.root(home) / "agent.kubeconfig"
+    placement = "may not change a VM's placement"
+    assert placement in _patch_refused(agent, QatVirtualMachineResource.Status, "target", {"status": {"nodeName": other}}, namespace)
+    nic = {"status": {"devices": [{"pciAddress": "0000:3b:00.0"}], "pciAddresses": "0000:3b:00.0"}}
+    assert placement in _patch_refused(agent, QatVirtualMachineResource.Status, "target", nic, namespace)
+    # An ownerReference on its own VM to another one: the garbage collector would delete it with the other.
+    victim = kubectl.json("get", "qvm", "victim", "-n", namespace)["metadata"]
+    owner = {"apiVersion": "qatvm.io/v1alpha1", "kind": "QatVirtualMachine", "name": "victim", "uid": victim["uid"]}
+    assert "labels or ownerReferences" in _patch_refused(
+        agent, QatVirtualMachineResource, "target", {"metadata": {"ownerReferences": [owner]}}, namespace
+    )
+    assert "labels or ownerReferences" in _patch_refused(
+        agent, QatVirtualMachineResource, "target", {"metadata": {"labels": {"qatvm.io/node": other}}}, namespace
+    )
+    assert "labels or ownerReferences" in _patch_refused(agent, Node.Status, home, {"metadata": {"labels": {"zone": "stolen"}}})
+    assert "only the qatvm.io/vf capacity" in _patch_refused(agent, Node.Status, home, {"status": {"capacity": {"memory": "1Ti"}}})
+    after = status(kubectl, "target", namespace)
+    assert after["nodeName"] == home and after["devices"] == placed["devices"]
+    assert "ownerReferences" not in kubectl.json("get", "qvm", "target", "-n", namespace)["metadata"]
+    assert "zone" not in kubectl.json("get", "node", home)["metadata"].get("labels", {})
+    # Leave no VM holding VFs behind for the tests that count free VFs.
+    kubectl.run("delete", "qvm", "--all", "-n", namespace, "--timeout=60s")

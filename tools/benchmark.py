@@ -1,31 +1,53 @@
 #!/usr/bin/env python3
-"""Print qatvm's speed and memory figures; run with the project's Python: `.venv/bin/python tools/benchmark.py`.
+"""Print qatvm's speed and memory figures beside a bare client's; run with the project's Python:
+`.venv/bin/python tools/benchmark.py` (or `pytest -m bench tools/`).
 
-Measures, on a fresh local cluster: how long `qatvm local up` takes once the binaries are built,
-the resident memory of every component, the time from `kubectl apply` to Ready for one VM and for
-a burst, and the API writes each VM costs. Prints numbers; asserts nothing (targets live in the
-README and the issues, and a loaded machine should not fail a build).
+Starts its own local clusters and prints, in one run:
+- placement: N simulated Nodes and QatNodes (no agents), VMs of one VF created 32 at a time,
+  create-to-placed, beside a bare lightkube client doing create + one status write per VM at
+  the same concurrency, with the controller paused, on the same API server;
+- end to end: M nodes with agents, VMs to Ready, beside a bare client doing create + two status
+  writes per VM;
+- the writes each VM cost (from the API server's audit log), the controller's and agents'
+  resident memory and CPU seconds, idle CPU, and the controller's memory holding many VMs.
+Prints numbers; asserts nothing (targets live in the README and the issues, and a loaded
+machine should not fail a build).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
+import asyncio
+import os
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from qatvm.controlplane.binaries import BUILD_RECORD, bundles
+from lightkube import AsyncClient
+from lightkube.config.kubeconfig import KubeConfig
+from lightkube.core.exceptions import ApiError
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.core_v1 import Namespace, Node
+from lightkube.types import PatchType
+
+from qatvm.kube import QatNodeResource, QatVirtualMachineResource
 from qatvm.local.state import ClusterState
 from qatvm.testing.cluster import LocalNodes
-from qatvm.testing.kubectl import Kubectl
+
+CONCURRENCY = 32
+TICKS = os.sysconf("SC_CLK_TCK")
+BASE_IMAGE = "/var/lib/qatvm/images/base.qcow2"
 
 
-def qatvm(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "qatvm", *args], capture_output=True, text=True, check=True)
+# -- processes -------------------------------------------------------------------------------------
 
 
 def rss_mib(pid: int) -> float:
@@ -35,119 +57,298 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
-def descendants(pid: int) -> list[int]:
-    """`pid` and every process below it (a real node: its containerd, kubelet, shims, pods)."""
-    parents: dict[int, list[int]] = {}
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                ppid = int(next(l for l in (proc / "status").read_text().splitlines() if l.startswith("PPid:")).split()[1])
-            except (OSError, StopIteration):
-                continue
-            parents.setdefault(ppid, []).append(int(proc.name))
-    found, queue = [], [pid]
-    while queue:
-        current = queue.pop()
-        found.append(current)
-        queue.extend(parents.get(current, []))
-    return found
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
-def kubelet_mode(ups: int) -> None:
-    """`local up --kubelet`: the first run as the caches are (cold if they are empty), then warm."""
-    with tempfile.TemporaryDirectory(prefix="qatvm-bench-") as scratch:
-        state_dir = Path(scratch) / "cluster"
-        for run in range(ups):
-            started = time.monotonic()
-            qatvm("local", "up", "--kubelet", "--state-dir", str(state_dir))
-            print(f"`qatvm local up --kubelet` run {run + 1}: {time.monotonic() - started:.1f}s")
-            if run == ups - 1:
-                state = ClusterState.load(state_dir)
-                assert state is not None
-                for name, pid in state.components.items():
-                    if name.startswith("node-"):
-                        total = sum(rss_mib(p) for p in descendants(pid))
-                        print(f"resident memory of {name} (kubelet, containerd, shims, its pods): {total:.0f} MiB")
-            qatvm("local", "down", "--purge", "--state-dir", str(state_dir))
+@dataclass
+class Cluster:
+    state_dir: Path
+
+    @property
+    def state(self) -> ClusterState:
+        state = ClusterState.load(self.state_dir)
+        assert state is not None
+        return state
+
+    def pids(self, prefix: str) -> list[int]:
+        return [pid for name, pid in self.state.components.items() if name.startswith(prefix)]
+
+    def usage(self, prefix: str) -> tuple[float, float]:
+        """Summed RSS (MiB) and CPU seconds of the components named `prefix*`."""
+        pids = self.pids(prefix)
+        return sum(rss_mib(p) for p in pids), sum(cpu_seconds(p) for p in pids)
+
+    def client(self) -> AsyncClient:
+        return AsyncClient(config=KubeConfig.from_file(str(self.state_dir / "kubeconfig")), field_manager="qatvm-bench")
 
 
-def vm(name: str, count: int) -> dict[str, object]:
+@contextmanager
+def local_cluster(state_dir: Path, nodes: int) -> Iterator[Cluster]:
+    qatvm = [sys.executable, "-m", "qatvm", "local"]
+    subprocess.run([*qatvm, "up", "--nodes", str(nodes), "--state-dir", str(state_dir)], check=True, capture_output=True, text=True)
+    try:
+        yield Cluster(state_dir)
+    finally:
+        subprocess.run([*qatvm, "down", "--state-dir", str(state_dir)], capture_output=True, text=True)
+
+
+@contextmanager
+def paused(pids: list[int]) -> Iterator[None]:
+    """The operator stopped for a while, so a bare client has the API server to itself."""
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+
+
+# -- objects ---------------------------------------------------------------------------------------
+
+
+def vm(name: str, namespace: str, node_selector: dict[str, str] | None = None) -> Any:
+    spec: dict[str, Any] = {"memory": "256Mi", "qat": {"count": 1, "numa": "none"}, "image": {"path": BASE_IMAGE}}
+    if node_selector:
+        spec["nodeSelector"] = node_selector
+    return QatVirtualMachineResource(metadata=ObjectMeta(name=name, namespace=namespace), spec=spec)
+
+
+def inventory(node_index: int, vfs: int) -> dict[str, Any]:
+    bus = 0x3D
     return {
-        "apiVersion": "qatvm.io/v1alpha1",
-        "kind": "QatVirtualMachine",
-        "metadata": {"name": name, "namespace": "bench"},
-        "spec": {"memory": "256Mi", "qat": {"count": count, "numa": "none"}, "image": {"path": "/var/lib/qatvm/images/base.qcow2"}},
+        "vfs": [
+            {
+                "pciAddress": f"0000:{bus:02x}:{1 + i // 8:02x}.{i % 8}", "pfAddress": f"0000:{bus:02x}:00.0",
+                "deviceId": "4941", "generation": "4xxx", "services": ["sym", "asym"], "numaNode": 0,
+                "iommuGroup": 100 + i, "driver": "4xxx", "healthy": True, "assignable": True,
+            }
+            for i in range(vfs)
+        ],
+        "total": vfs, "free": vfs, "unhealthy": 0,
     }
 
 
-def wait_ready(kubectl: Kubectl, names: list[str]) -> None:
-    for name in names:
-        kubectl.run("wait", "--for=condition=Ready", f"qvm/{name}", "-n", "bench", "--timeout=120s", timeout=130)
+async def bounded(count: int, work: Callable[[int], Awaitable[None]], concurrency: int = CONCURRENCY) -> None:
+    slots = asyncio.Semaphore(concurrency)
+
+    async def one(i: int) -> None:
+        async with slots:
+            await work(i)
+
+    await asyncio.gather(*(one(i) for i in range(count)))
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--ups", type=int, default=3, help="how many warm `local up` runs to time")
-    parser.add_argument("--burst", type=int, default=20, help="VMs applied at once")
-    parser.add_argument("--kubelet", action="store_true", help="time `local up --kubelet` and its nodes' memory instead")
-    args = parser.parse_args()
-    if args.kubelet:
-        kubelet_mode(args.ups)
-        return 0
+async def ensure_namespace(client: AsyncClient, name: str, **annotations: str) -> None:
+    try:
+        await client.create(Namespace(metadata=ObjectMeta(name=name, annotations=annotations or None)))
+    except ApiError as error:
+        if error.status.code != 409:
+            raise
 
-    for bundle in bundles():
-        record = bundle.directory / BUILD_RECORD
-        built = json.loads(record.read_text()) if record.exists() else None
-        print(f"cold build {bundle.name} {bundle.version}: "
-              + (f"{built['seconds']}s, peak RSS of one compiler/linker {built['peak_rss_mib']} MiB" if built else "not recorded (built before build.json existed)"))
 
+async def simulated_nodes(client: AsyncClient, count: int, vfs: int) -> None:
+    async def one(i: int) -> None:
+        name = f"sim-{i:04d}"
+        await client.create(Node(metadata=ObjectMeta(name=name, labels={"qatvm.io/bench": "sim"})))
+        await client.create(QatNodeResource(metadata=ObjectMeta(name=name), spec={}))
+        await client.patch(QatNodeResource.Status, name, {"status": inventory(i, vfs)}, patch_type=PatchType.MERGE)
+
+    await bounded(count, one)
+
+
+# -- measuring -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    label: str
+    count: int
+    seconds: float
+    latencies: list[float]
+
+    @property
+    def rate(self) -> float:
+        return self.count / self.seconds
+
+    def line(self) -> str:
+        lat = sorted(self.latencies)
+        p50, p99 = (lat[len(lat) // 2], lat[min(len(lat) - 1, int(len(lat) * 0.99))]) if lat else (0.0, 0.0)
+        return f"{self.label}: {self.count} VMs in {self.seconds:.1f}s = {self.rate:.1f} VMs/s; p50 {p50:.2f}s p99 {p99:.2f}s"
+
+
+async def bare(client: AsyncClient, namespace: str, count: int, status_writes: list[dict[str, Any]]) -> Run:
+    """What the operator's work costs at the least: create, then the status writes, nothing else."""
+    await ensure_namespace(client, namespace)
+    latencies = [0.0] * count
+    started = time.monotonic()
+
+    async def one(i: int) -> None:
+        begun = time.monotonic()
+        name = f"bare-{i}"
+        await client.create(vm(name, namespace))
+        for status in status_writes:
+            await client.patch(QatVirtualMachineResource.Status, name, {"status": status}, namespace=namespace, patch_type=PatchType.MERGE)
+        latencies[i] = time.monotonic() - begun
+
+    await bounded(count, one)
+    return Run(f"bare client ({1 + len(status_writes)} writes per VM)", count, time.monotonic() - started, latencies)
+
+
+async def operator_run(client: AsyncClient, namespace: str, count: int, done: Callable[[dict[str, Any]], bool], label: str) -> Run:
+    """Create VMs 32 at a time and watch until each is `done`; latencies from each create's start."""
+    await ensure_namespace(client, namespace)
+    begun: dict[str, float] = {}
+    finished: dict[str, float] = {}
+    everything = asyncio.Event()
+
+    async def watch() -> None:
+        async for _, item in client.watch(QatVirtualMachineResource, namespace=namespace):
+            body = item.to_dict()
+            name = body["metadata"]["name"]
+            if name not in finished and done(body):
+                finished[name] = time.monotonic()
+                if len(finished) == count:
+                    everything.set()
+                    return
+
+    watcher = asyncio.create_task(watch())
+    await asyncio.sleep(0.5)  # the watch is open before the first create
+    started = time.monotonic()
+
+    async def one(i: int) -> None:
+        name = f"vm-{i}"
+        begun[name] = time.monotonic()
+        await client.create(vm(name, namespace))
+
+    await bounded(count, one)
+    await asyncio.wait_for(everything.wait(), timeout=600)
+    watcher.cancel()
+    seconds = max(finished.values()) - started
+    return Run(label, count, seconds, [finished[n] - begun[n] for n in finished])
+
+
+def placed(body: dict[str, Any]) -> bool:
+    return bool((body.get("status") or {}).get("nodeName"))
+
+
+def ready(body: dict[str, Any]) -> bool:
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in (body.get("status") or {}).get("conditions", []))
+
+
+def writes_per_vm(cluster: Cluster, namespace: str, count: int) -> str:
+    """Operator writes on the VM objects of `namespace`, QatNode status writes, and Events, per VM."""
+    on_vm: Counter[str] = Counter()
+    events: Counter[str] = Counter()
+    qatnodes = 0
+    for event in LocalNodes(cluster.state_dir).audit.events():
+        if event.get("stage") != "ResponseComplete" or event["verb"] not in ("create", "patch", "update"):
+            continue
+        user = event["user"]["username"].rsplit(":", 1)[-1]
+        if not user.startswith("qatvm-") or user == "qatvm-admin":
+            continue
+        ref = event.get("objectRef") or {}
+        if ref.get("resource") == "qatvirtualmachines" and ref.get("namespace") == namespace:
+            on_vm[user] += 1
+        elif ref.get("resource") == "events" and ref.get("namespace") == namespace:
+            events[user] += 1
+        elif ref.get("resource") == "qatnodes" and user == "qatvm-agent":
+            qatnodes += 1
+    per = ", ".join(f"{u} {n / count:.2f}" for u, n in sorted(on_vm.items()))
+    ev = ", ".join(f"{u} {n / count:.2f}" for u, n in sorted(events.items()))
+    return f"writes per VM: VM object {sum(on_vm.values()) / count:.2f} ({per}); Events {sum(events.values()) / count:.2f} ({ev}); QatNode writes by agents {qatnodes / count:.2f} (whole run)"
+
+
+async def wait_placing(client: AsyncClient, namespace: str) -> None:
+    """Until the (resumed or restarted) controller places again: one VM through."""
+    await ensure_namespace(client, namespace)
+    await client.create(vm("warm-up", namespace))
+    # A controller paused past its lease steps down, restarts and lists everything again.
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        body = (await client.get(QatVirtualMachineResource, "warm-up", namespace=namespace)).to_dict()
+        if placed(body):
+            return
+        await asyncio.sleep(0.2)
+    raise TimeoutError("the controller placed nothing in 300 s")
+
+
+def idle_cpu(cluster: Cluster, prefix: str, seconds: float = 10.0) -> float:
+    before = cluster.usage(prefix)[1]
+    time.sleep(seconds)
+    return cluster.usage(prefix)[1] - before
+
+
+# -- the phases ------------------------------------------------------------------------------------
+
+
+async def placement_phase(cluster: Cluster, nodes: int, vfs: int, vms: int, memory_vms: int) -> None:
+    client = cluster.client()
+    print(f"== placement: {nodes} nodes x {vfs} VFs, {vms} VMs of 1 VF, no agents, {CONCURRENCY} at a time")
+    started = time.monotonic()
+    await simulated_nodes(client, nodes, vfs)
+    print(f"made {nodes} Nodes and QatNodes in {time.monotonic() - started:.1f}s")
+    with paused(cluster.pids("controller")):
+        reference = await bare(client, "bare-placement", vms, [{"nodeName": "bare", "devices": [{"pciAddress": "0000:00:00.0"}]}])
+    print(reference.line())
+    await wait_placing(client, "bench-warm")
+    rss0, cpu0 = cluster.usage("controller")
+    run = await operator_run(client, "bench-placement", vms, placed, "qatvm create-to-placed")
+    rss1, cpu1 = cluster.usage("controller")
+    print(run.line())
+    print(f"ratio qatvm/bare: {run.rate / reference.rate:.2f} (target >= 0.8; p99 target < 2 s)")
+    print(writes_per_vm(cluster, "bench-placement", vms))
+    print(f"controller: RSS {rss1:.0f} MiB, CPU {cpu1 - cpu0:.1f}s for the run; idle CPU over 10 s: {idle_cpu(cluster, 'controller'):.2f}s")
+    if memory_vms > vms:
+        more = memory_vms - vms
+        big = await operator_run(client, "bench-memory", more, placed, f"{more} more VMs")
+        print(big.line())
+        print(f"controller holding {memory_vms} VMs and {nodes} nodes: RSS {cluster.usage('controller')[0]:.0f} MiB (target < 150 MiB); "
+              f"idle CPU over 10 s: {idle_cpu(cluster, 'controller'):.2f}s")
+    await client.close()
+
+
+async def end_to_end_phase(cluster: Cluster, vms: int) -> None:
+    client = cluster.client()
+    nodes = len(cluster.state.nodes)
+    print(f"== end to end: {nodes} nodes with agents, {vms} VMs of 1 VF to Ready, {CONCURRENCY} at a time")
+    operator_pids = cluster.pids("controller") + cluster.pids("agent-")
+    with paused(operator_pids):
+        reference = await bare(client, "bare-e2e", vms, [
+            {"nodeName": "bare", "devices": [{"pciAddress": "0000:00:00.0"}], "phase": "Scheduled"},
+            {"phase": "Running", "observedGeneration": 1},
+        ])
+    print(reference.line())
+    await wait_placing(client, "bench-warm")
+    before = {p: cluster.usage(p) for p in ("controller", "agent-")}
+    run = await operator_run(client, "bench-e2e", vms, ready, "qatvm apply-to-Ready")
+    after = {p: cluster.usage(p) for p in ("controller", "agent-")}
+    print(run.line())
+    print(f"ratio qatvm/bare: {run.rate / reference.rate:.2f} (target >= 0.6; p99 target < 3 s)")
+    print(writes_per_vm(cluster, "bench-e2e", vms))
+    print(f"controller: RSS {after['controller'][0]:.0f} MiB, CPU {after['controller'][1] - before['controller'][1]:.1f}s; "
+          f"agents: RSS {after['agent-'][0] / nodes:.0f} MiB each, CPU {after['agent-'][1] - before['agent-'][1]:.1f}s in all")
+    print(f"idle CPU over 10 s: controller {idle_cpu(cluster, 'controller'):.2f}s, {nodes} agents {idle_cpu(cluster, 'agent-'):.2f}s")
+    await client.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--nodes", type=int, default=1000, help="simulated nodes for placement (default: %(default)s)")
+    parser.add_argument("--vfs", type=int, default=16, help="VFs per simulated node (default: %(default)s)")
+    parser.add_argument("--vms", type=int, default=1000, help="VMs placed (default: %(default)s)")
+    parser.add_argument("--memory-vms", type=int, default=10000, help="VMs the controller holds for the memory figure; 0: skip")
+    parser.add_argument("--e2e-nodes", type=int, default=10, help="nodes with agents (default: %(default)s)")
+    parser.add_argument("--e2e-vms", type=int, default=150, help="VMs to Ready (default: %(default)s)")
+    args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="qatvm-bench-") as scratch:
-        state_dir = Path(scratch) / "cluster"
-        ups = []
-        for run in range(args.ups):
-            started = time.monotonic()
-            qatvm("local", "up", "--nodes", "2", "--state-dir", str(state_dir))
-            ups.append(time.monotonic() - started)
-            if run < args.ups - 1:
-                qatvm("local", "down", "--purge", "--state-dir", str(state_dir))
-        print(f"warm `qatvm local up` (2 nodes, fresh state): median {statistics.median(ups):.1f}s over {len(ups)} runs ({', '.join(f'{u:.1f}' for u in ups)})")
-        try:
-            state = ClusterState.load(state_dir)
-            assert state is not None
-            memory = {name: rss_mib(pid) for name, pid in state.components.items()}
-            control_plane = sum(v for k, v in memory.items() if k in ("etcd", "kube-apiserver", "kube-controller-manager"))
-            print("resident memory, idle: " + ", ".join(f"{k} {v:.0f} MiB" for k, v in memory.items()))
-            print(f"control plane total: {control_plane:.0f} MiB")
-
-            kubectl = Kubectl(state_dir / "bin" / "kubectl", state_dir / "kubeconfig")
-            kubectl.run("create", "namespace", "bench")
-            singles = []
-            for i in range(5):
-                started = time.monotonic()
-                kubectl.apply(vm(f"single-{i}", 1))
-                wait_ready(kubectl, [f"single-{i}"])
-                singles.append(time.monotonic() - started)
-            print(f"apply to Ready, one VM at a time: median {statistics.median(singles) * 1000:.0f} ms (kubectl apply + kubectl wait included)")
-
-            names = [f"burst-{i}" for i in range(args.burst)]
-            started = time.monotonic()
-            kubectl.apply(*[vm(n, 1) for n in names])
-            wait_ready(kubectl, names)
-            print(f"apply to Ready, {args.burst} VMs at once: {time.monotonic() - started:.1f}s for all")
-
-            audit = LocalNodes(state_dir).audit.events()
-            per_vm: dict[str, int] = {}
-            for event in audit:
-                ref = event.get("objectRef") or {}
-                user = event["user"]["username"]
-                if ref.get("resource") == "qatvirtualmachines" and ref.get("namespace") == "bench" and event["verb"] in ("patch", "update") and "qatvm-" in user and event.get("stage") == "ResponseComplete":
-                    per_vm[ref["name"]] = per_vm.get(ref["name"], 0) + 1
-            counts = sorted(per_vm.values())
-            print(f"operator writes per VM, create to Ready: median {statistics.median(counts)}, max {counts[-1]} over {len(counts)} VMs")
-            memory = {name: rss_mib(pid) for name, pid in ClusterState.load(state_dir).components.items()}  # type: ignore[union-attr]
-            print("resident memory after the burst: " + ", ".join(f"{k} {v:.0f} MiB" for k, v in memory.items()))
-        finally:
-            qatvm("local", "down", "--purge", "--state-dir", str(state_dir))
+        with local_cluster(Path(scratch) / "placement", nodes=0) as cluster:
+            asyncio.run(placement_phase(cluster, args.nodes, args.vfs, args.vms, args.memory_vms))
+        if args.e2e_nodes:
+            with local_cluster(Path(scratch) / "e2e", nodes=args.e2e_nodes) as cluster:
+                asyncio.run(end_to_end_phase(cluster, args.e2e_vms))
     return 0
 
 

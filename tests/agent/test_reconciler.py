@@ -7,129 +7,21 @@ Each test builds a node the way the local cluster does (`host_root/sys`, `host_r
 from __future__ import annotations
 
 import io
-import os
-import subprocess
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pycdlib
 import pytest
 
-from qatvm.agent.config import AgentConfig
-from qatvm.agent.reconciler import AllocationMissing, VmReconciler
-from qatvm.api.qatnode import QatVf
-from qatvm.api.vm import AllocatedDevice, Phase, QatVirtualMachine
+from qatvm.agent.reconciler import AllocationMissing, ForeignDeviceError
+from qatvm.api.vm import AllocatedDevice, Phase
 from qatvm.domain.builder import build_domain
 from qatvm.domain.disks import image_info
 from qatvm.domain.naming import domain_name, domain_uuid
-from qatvm.hardware import HardwareProfile, generate
-from qatvm.hypervisor import DomainState, Hypervisor, open_hypervisor
-from qatvm.node.binding import BindingError, DenylistedError, IommuOffError, VfBinder
-from qatvm.node.discovery import discover
-from qatvm.node.sysfs import open_sysfs
-
-NODE = "node-1"
-BASE = "/var/lib/qatvm/images/base.qcow2"
-
-# Two kinds of VF, so "given back to its previous driver" means something on both:
-# gen4 VFs have no driver at all; c62x VFs start on the in-tree c6xxvf.
-PROFILE: dict[str, Any] = {
-    "disable_denylist": True,
-    "pfs": [
-        {"generation": "4xxx", "vfs": 4, "services": "sym;asym"},
-        {"generation": "c62x", "vfs": 2},
-    ],
-}
-GEN4_A, GEN4_B, GEN4_C, GEN4_D = "0000:10:00.1", "0000:10:00.2", "0000:10:00.3", "0000:10:00.4"
-C62X_A, C62X_B = "0000:19:01.0", "0000:19:01.1"
-
-
-class Node:
-    """One simulated node's files, and agents (reconcilers) started on them."""
-
-    def __init__(self, root: Path, profile: dict[str, Any]) -> None:
-        self.root = root
-        generate(HardwareProfile.model_validate(profile), root / "sys")
-        image = root / BASE.lstrip("/")
-        image.parent.mkdir(parents=True)
-        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "16M"], check=True)
-        self.config = AgentConfig(node=NODE, host_root=root, libvirt_uri=f"qatvm-test://{root}/hypervisor.xml")
-        self.sysfs = open_sysfs(root / "sys")
-        self.vfs = {vf.pci_address: vf for vf in discover(self.sysfs).vfs}
-        self._open: list[Hypervisor] = []
-
-    def agent(self) -> VmReconciler:
-        """A new agent process's view: fresh sysfs, binder and hypervisor objects on the same files.
-
-        Earlier hypervisors are closed first: one connection at a time per state file, as one
-        agent process per node."""
-        self.close()
-        hypervisor = open_hypervisor(self.config.libvirt_uri)
-        self._open.append(hypervisor)
-        binder = VfBinder(open_sysfs(self.config.sysfs), self.config.state_dir / "binding")
-        return VmReconciler(self.config, binder, hypervisor)
-
-    def close(self) -> None:
-        while self._open:
-            self._open.pop().close()
-
-    def driver(self, address: str) -> str | None:
-        return self.sysfs.readlink(f"bus/pci/devices/{address}/driver")
-
-    def vm(
-        self,
-        name: str,
-        addresses: list[str],
-        *,
-        running: bool = True,
-        user_data: str | None = None,
-        node: str | None = NODE,
-        namespace: str = "team-a",
-        uid: str | None = None,
-    ) -> QatVirtualMachine:
-        """A VM as the agent receives it once the controller placed it: nodeName and devices set."""
-        devices = [_allocated(self.vfs[a]) for a in addresses]
-        body: dict[str, Any] = {
-            "metadata": {"namespace": namespace, "name": name, "uid": uid or str(uuid.uuid4()), "generation": 1},
-            "spec": {
-                "running": running,
-                "vcpus": 1,
-                "memory": "64Mi",
-                "qat": {"count": len(addresses)},
-                "image": {"path": BASE},
-                **({"cloudInit": {"userData": user_data}} if user_data is not None else {}),
-            },
-            "status": {"phase": "Scheduled", "nodeName": node, "devices": [d.wire() for d in devices]},
-        }
-        return QatVirtualMachine.model_validate(body)
-
-
-def _allocated(vf: QatVf) -> AllocatedDevice:
-    # What Scheduler._record writes for each chosen VF.
-    return AllocatedDevice(
-        pci_address=vf.pci_address, pf_address=vf.pf_address, device_id=vf.device_id,
-        numa_node=vf.numa_node, iommu_group=vf.iommu_group, driver=vf.driver,
-    )
-
-
-@pytest.fixture
-def make_node(tmp_path: Path) -> Iterator[Callable[..., Node]]:
-    nodes: list[Node] = []
-
-    def make(profile: dict[str, Any] = PROFILE, name: str = "node") -> Node:
-        nodes.append(Node(tmp_path / name, profile))
-        return nodes[-1]
-
-    yield make
-    for node in nodes:
-        node.close()
-
-
-@pytest.fixture
-def node(make_node: Callable[..., Node]) -> Node:
-    return make_node()
+from qatvm.hypervisor import DomainState, Hypervisor
+from qatvm.node.binding import BindingError, DenylistedError, HeldByAnotherError, IommuOffError
+from simnode import BASE, C62X_A, C62X_B, GEN4_A, GEN4_B, GEN4_C, NODE, Node
 
 
 def hostdev_bdfs(hypervisor: Hypervisor, name: str) -> list[str]:
@@ -164,7 +56,7 @@ def test_apply_binds_every_vf_builds_the_disks_and_runs_the_domain(node: Node) -
     assert node.driver(GEN4_B) is None and node.driver(C62X_B) == "c6xxvf"
     assert (node.root / "dev/vfio" / str(node.vfs[GEN4_A].iommu_group)).exists()
 
-    files = node.config.state_dir / "vms" / name
+    files = node.config.state_dir / "vms" / vm.ref.uid
     overlay = image_info(files / "overlay.qcow2")
     assert overlay.format == "qcow2"
     assert overlay.backing_filename == str(node.root / BASE.lstrip("/"))
@@ -191,7 +83,7 @@ def test_apply_without_user_data_writes_no_seed(node: Node) -> None:
     vm = node.vm("plain", [GEN4_A])
     name = domain_name("team-a", "plain")
     assert agent.apply(vm).phase is Phase.RUNNING
-    files = node.config.state_dir / "vms" / name
+    files = node.config.state_dir / "vms" / vm.ref.uid
     assert (files / "overlay.qcow2").exists()
     assert not (files / "cidata.iso").exists()
     assert [d.source.file for d in agent.hypervisor.domain(name).devices.disks] == [str(files / "overlay.qcow2")]
@@ -230,7 +122,7 @@ def test_apply_twice_changes_nothing(node: Node) -> None:
     vm = node.vm("web", [GEN4_A, C62X_A], user_data="#cloud-config\n")
     first = agent.apply(vm)
     domain_id = agent.hypervisor.domain(name).id
-    overlay = node.config.state_dir / "vms" / name / "overlay.qcow2"
+    overlay = node.config.state_dir / "vms" / vm.ref.uid / "overlay.qcow2"
     overlay_inode = overlay.stat().st_ino
 
     second = agent.apply(vm)
@@ -247,7 +139,7 @@ def test_a_restarted_agent_adopts_the_running_domain(node: Node) -> None:
     name = domain_name("team-a", "web")
     vm = node.vm("web", [GEN4_A, C62X_A])
     first = node.agent().apply(vm)
-    overlay = node.config.state_dir / "vms" / name / "overlay.qcow2"
+    overlay = node.config.state_dir / "vms" / vm.ref.uid / "overlay.qcow2"
     overlay_inode = overlay.stat().st_ino
 
     restarted = node.agent()  # closes the first connection: a new process on the same node
@@ -263,7 +155,7 @@ def test_a_restarted_agent_adopts_the_running_domain(node: Node) -> None:
     assert hostdev_bdfs(restarted.hypervisor, name) == [GEN4_A, C62X_A]
     # The binding records survived too, so a later remove still knows c6xxvf was the driver.
     assert restarted.binder.held() == sorted([GEN4_A, C62X_A])
-    restarted.remove(vm.ref, vm.status.devices)
+    restarted.remove(vm.ref.uid)
     assert node.driver(C62X_A) == "c6xxvf" and node.driver(GEN4_A) is None
 
 
@@ -274,14 +166,13 @@ def test_an_agent_killed_between_define_and_start_finishes_on_restart(node: Node
     # What the killed agent had done: both VFs bound, a half-written overlay, the domain defined.
     dying.binder.bind_to_vfio(GEN4_A)
     dying.binder.bind_to_vfio(C62X_A)
-    files = node.config.state_dir / "vms" / name
+    files = node.config.state_dir / "vms" / vm.ref.uid
     files.mkdir(parents=True)
     (files / "overlay.qcow2.partial").write_bytes(b"half a qcow2 header")
     dying.hypervisor.define(build_domain(dying.domain_spec(vm)))
     assert dying.hypervisor.state(name) is DomainState.SHUTOFF
 
     restarted = node.agent()
-    assert restarted.sweep([vm]) == []  # nothing of an existing VM is taken for debris
     outcome = restarted.apply(vm)
 
     assert outcome.phase is Phase.RUNNING
@@ -290,7 +181,7 @@ def test_an_agent_killed_between_define_and_start_finishes_on_restart(node: Node
     assert not (files / "overlay.qcow2.partial").exists()
     assert hostdev_bdfs(restarted.hypervisor, name) == [GEN4_A, C62X_A]
     # The binding records still name the drivers from before the first bind.
-    restarted.remove(vm.ref, vm.status.devices)
+    restarted.remove(vm.ref.uid)
     assert node.driver(GEN4_A) is None and node.driver(C62X_A) == "c6xxvf"
 
 
@@ -338,7 +229,7 @@ def test_a_failure_on_the_second_vf_leaves_nothing_remove_cannot_undo(make_node:
     assert node.driver(C62X_A) == "c6xxvf"
     # The first VF is on vfio-pci, but recorded and held by this VM: deleting the VM gives it back.
     assert agent.binder.held() == [GEN4_A]
-    agent.remove(vm.ref, vm.status.devices)
+    agent.remove(vm.ref.uid)
     assert node.driver(GEN4_A) is None and node.driver(C62X_A) == "c6xxvf"
     assert agent.binder.held() == []
 
@@ -354,128 +245,148 @@ def test_remove_destroys_undefines_gives_vfs_back_and_deletes_files(node: Node) 
     agent.apply(vm)
     agent.apply(other)
 
-    agent.remove(vm.ref, vm.status.devices)
+    agent.remove(vm.ref.uid)
 
     assert agent.hypervisor.state(name) is None
     assert node.driver(GEN4_A) is None  # gen4 VFs had no driver
     assert node.driver(C62X_A) == "c6xxvf"  # c62x back on its in-tree driver
     assert not (node.root / "dev/vfio" / str(node.vfs[GEN4_A].iommu_group)).exists()
-    assert not (node.config.state_dir / "vms" / name).exists()
+    assert not (node.config.state_dir / "vms" / vm.ref.uid).exists()
     assert agent.binder.held() == [GEN4_B]
     # The other VM is untouched.
     assert agent.hypervisor.state(domain_name("team-a", "db")) is DomainState.RUNNING
     assert node.driver(GEN4_B) == "vfio-pci"
 
-    agent.remove(vm.ref, vm.status.devices)  # again: nothing left, no error
+    agent.remove(vm.ref.uid)  # again: nothing left, no error
     assert agent.hypervisor.state(name) is None
     assert node.driver(C62X_A) == "c6xxvf"
 
     # A restarted agent sees the removal too (it was persisted, not only in this connection).
     restarted = node.agent()
     assert [d.name for d in restarted.hypervisor.owned_domains()] == [domain_name("team-a", "db")]
-    restarted.remove(vm.ref, vm.status.devices)
+    restarted.remove(vm.ref.uid)
 
 
 def test_remove_of_a_stopped_vm_and_of_one_never_applied(node: Node) -> None:
     agent = node.agent()
     stopped = node.vm("cold", [GEN4_A], running=False)
     agent.apply(stopped)
-    agent.remove(stopped.ref, stopped.status.devices)
+    agent.remove(stopped.ref.uid)
     assert agent.hypervisor.state(domain_name("team-a", "cold")) is None
     assert node.driver(GEN4_A) is None
 
     never = node.vm("never", [C62X_A])
-    agent.remove(never.ref, never.status.devices)
+    agent.remove(never.ref.uid)
     assert node.driver(C62X_A) == "c6xxvf"  # not ours: left where it was
 
 
-# --- sweep ------------------------------------------------------------------------------------
+# --- ownership by UID -------------------------------------------------------------------------
 
 
-def test_sweep_removes_orphans_and_keeps_existing_vms(node: Node) -> None:
+def test_binding_records_name_the_vm_and_removal_gives_back_only_its_own(node: Node) -> None:
     agent = node.agent()
-    kept = node.vm("kept", [GEN4_A, C62X_A])
-    gone = node.vm("gone", [GEN4_B, C62X_B], user_data="#cloud-config\n")
-    stopped = node.vm("stopped", [GEN4_C], running=False)
-    agent.apply(kept)
-    agent.apply(gone)
-    agent.apply(stopped)
-    # A VF bound by an agent that crashed before it defined the domain of a VM since deleted.
-    agent.binder.bind_to_vfio(GEN4_D)
+    web = node.vm("web", [GEN4_A, C62X_A])
+    db = node.vm("db", [GEN4_B], namespace="team-b")
+    agent.apply(web)
+    agent.apply(db)
+    owners = {r.address: r.owner for r in agent.binder.records()}
+    assert owners == {GEN4_A: web.ref, C62X_A: web.ref, GEN4_B: db.ref}
 
-    # The agent restarts; `gone` was deleted meanwhile (its finalizer forced off), the others exist.
-    restarted = node.agent()
-    removed = restarted.sweep([kept, stopped])
+    # A VM whose status names another VM's VF (a relabel, a forged status) removes nothing of it.
+    forged = node.vm("forged", [GEN4_B], namespace="team-c")
+    assert agent.remove(forged.ref.uid) == []
+    assert node.driver(GEN4_B) == "vfio-pci"
+    assert agent.hypervisor.state(domain_name("team-b", "db")) is DomainState.RUNNING
 
-    gone_name = domain_name("team-a", "gone")
-    assert sorted(removed) == sorted(
-        [
-            f"domain {gone_name} of deleted VM team-a/gone",
-            f"VF {GEN4_B} left on vfio-pci",
-            f"VF {C62X_B} left on vfio-pci",
-            f"VF {GEN4_D} left on vfio-pci",
-        ]
+    removed = agent.remove(web.ref.uid)
+    assert removed == [
+        f"domain {domain_name('team-a', 'web')}", f"VF {GEN4_A}", f"VF {C62X_A}",
+        f"files in {node.config.state_dir / 'vms' / web.ref.uid}",
+    ]
+    assert node.driver(GEN4_A) is None and node.driver(C62X_A) == "c6xxvf"
+    assert node.driver(GEN4_B) == "vfio-pci"
+    assert agent.binder.held() == [GEN4_B]
+
+
+def test_a_vf_recorded_for_another_vm_is_never_bound_again(node: Node) -> None:
+    agent = node.agent()
+    holder = node.vm("holder", [GEN4_A])
+    agent.apply(holder)
+    thief = node.vm("thief", [GEN4_A], namespace="team-b")
+    with pytest.raises(HeldByAnotherError, match=f"still held by VM team-a/holder \\(uid {holder.ref.uid}\\)"):
+        agent.apply(thief)
+    assert agent.hypervisor.state(domain_name("team-b", "thief")) is None
+    assert {r.owner for r in agent.binder.records()} == {holder.ref}
+    # Once the holder is gone, the VF may go to the next VM.
+    agent.remove(holder.ref.uid)
+    assert agent.apply(thief).phase is Phase.RUNNING
+    assert {r.owner for r in agent.binder.records()} == {thief.ref}
+
+
+@pytest.mark.parametrize(
+    ("address", "says"),
+    [
+        pytest.param("0000:10:00.0", "not a QAT VF on node node-1 \\(it is another kind of device\\)", id="the-pf"),
+        pytest.param("0000:af:00.1", "not a QAT VF on node node-1 \\(no such device here", id="another-nodes-address"),
+    ],
+)
+def test_an_allocation_of_anything_but_this_nodes_vfs_is_refused_untouched(node: Node, address: str, says: str) -> None:
+    agent = node.agent()
+    vm = node.vm("web", [GEN4_A])
+    forged = vm.model_copy(
+        update={"status": vm.status.model_copy(update={"devices": [AllocatedDevice(pci_address=address)]})}
     )
-    hypervisor = restarted.hypervisor
-    assert hypervisor.state(gone_name) is None
-    assert not (node.config.state_dir / "vms" / gone_name).exists()
-    assert node.driver(GEN4_B) is None and node.driver(GEN4_D) is None
-    assert node.driver(C62X_B) == "c6xxvf"
-    # Existing VMs keep their domains, in their state, and their VFs.
-    assert hypervisor.state(domain_name("team-a", "kept")) is DomainState.RUNNING
-    assert hypervisor.state(domain_name("team-a", "stopped")) is DomainState.SHUTOFF
-    assert node.driver(GEN4_A) == node.driver(C62X_A) == node.driver(GEN4_C) == "vfio-pci"
-    assert restarted.binder.held() == sorted([GEN4_A, C62X_A, GEN4_C])
-    assert (node.config.state_dir / "vms" / domain_name("team-a", "kept") / "overlay.qcow2").exists()
-
-    assert restarted.sweep([kept, stopped]) == []
-
-
-def test_sweep_removes_files_of_a_vm_whose_domain_was_never_defined(node: Node) -> None:
-    agent = node.agent()
-    kept = node.vm("kept", [GEN4_A])
-    agent.apply(kept)
-    # An agent killed after making the overlay and before defining the domain; the VM is gone since.
-    leftover = node.config.state_dir / "vms" / domain_name("team-a", "half")
-    leftover.mkdir(parents=True)
-    (leftover / "overlay.qcow2").write_bytes(b"")
-    assert agent.sweep([kept]) == [f"files of deleted VM in {leftover}"]
-    assert not leftover.exists()
-    assert (node.config.state_dir / "vms" / domain_name("team-a", "kept") / "overlay.qcow2").exists()
-
-
-def test_sweep_tells_a_recreated_vm_from_the_old_one_by_uid(node: Node) -> None:
-    agent = node.agent()
-    old = node.vm("web", [GEN4_A])
-    agent.apply(old)
-    # Same namespace and name, new object (new UID), not applied yet; it was given another VF.
-    recreated = node.vm("web", [GEN4_B])
-    removed = agent.sweep([recreated])
-    assert removed == [f"domain {domain_name('team-a', 'web')} of deleted VM team-a/web", f"VF {GEN4_A} left on vfio-pci"]
-    assert agent.hypervisor.owned_domains() == []
-    assert node.driver(GEN4_A) is None
-    # The new VM then starts cleanly with its own UUID.
-    assert agent.apply(recreated).domain.uuid == str(domain_uuid(recreated.ref.uid))
-
-
-def test_sweep_on_a_clean_node_removes_nothing(node: Node) -> None:
-    agent = node.agent()
-    assert agent.sweep([]) == []
-    vm = node.vm("web", [GEN4_A])
-    agent.apply(vm)
-    assert agent.sweep([vm]) == []
-    assert agent.hypervisor.state(domain_name("team-a", "web")) is DomainState.RUNNING
-    assert node.driver(GEN4_A) == "vfio-pci"
-
-
-def test_sweep_leaves_a_vf_an_admin_bound_to_vfio_before_qatvm(make_node: Callable[..., Node]) -> None:
-    node = make_node({"pfs": [{"generation": "4xxx", "vfs": 2, "vf_drivers": {0: "vfio-pci"}}]})
-    agent = node.agent()
-    vm = node.vm("web", [GEN4_A])
-    agent.apply(vm)
-    removed = agent.sweep([])
-    assert f"VF {GEN4_A} left on vfio-pci" in removed
-    # Released means "back to what it had before qatvm": vfio-pci, as the admin left it.
-    assert node.driver(GEN4_A) == "vfio-pci"
+    before = {a: node.driver(a) for a in node.sysfs.listdir("bus/pci/devices")}
+    with pytest.raises(ForeignDeviceError, match=says) as refused:
+        agent.apply(forged)
+    assert address in str(refused.value) and "Delete the VM" in str(refused.value)
+    assert {a: node.driver(a) for a in node.sysfs.listdir("bus/pci/devices")} == before
     assert agent.binder.held() == []
-    assert os.listdir(node.config.state_dir / "binding") == []
+    assert agent.hypervisor.owned_domains() == []
+    assert not (node.config.state_dir / "vms").exists()
+
+
+def test_holdings_name_every_uid_with_a_domain_a_binding_or_files(node: Node) -> None:
+    agent = node.agent()
+    web = node.vm("web", [GEN4_A])
+    agent.apply(web)
+    # An agent killed after binding for a VM, before making its files or domain.
+    half = node.vm("half", [GEN4_B])
+    agent.binder.bind_to_vfio(GEN4_B, half.ref)
+    # Files of a VM whose domain was never defined.
+    (node.config.state_dir / "vms" / "0b5f0b0e-files-only").mkdir(parents=True)
+    # A record from before owners were recorded.
+    agent.binder.bind_to_vfio(GEN4_C)
+
+    holdings = agent.holdings()
+    assert holdings.refs == {web.ref.uid: web.ref, half.ref.uid: half.ref, "0b5f0b0e-files-only": None}
+    assert holdings.unowned == (GEN4_C,)
+
+    assert agent.remove(half.ref.uid) == [f"VF {GEN4_B}"]
+    assert agent.remove("0b5f0b0e-files-only") == [f"files in {node.config.state_dir / 'vms' / '0b5f0b0e-files-only'}"]
+    # An unowned record is given back only when no VM placed here names its VF.
+    assert agent.release_unowned(holdings.unowned, in_use={GEN4_C}) == []
+    assert node.driver(GEN4_C) == "vfio-pci"
+    assert agent.release_unowned(holdings.unowned, in_use=set()) == [f"VF {GEN4_C}"]
+    assert node.driver(GEN4_C) is None
+    assert set(agent.holdings().refs) == {web.ref.uid}
+    assert agent.hypervisor.state(domain_name("team-a", "web")) is DomainState.RUNNING
+
+
+def test_a_recreated_vm_of_the_same_name_replaces_the_old_ones_domain_and_keeps_nothing_of_it(node: Node) -> None:
+    agent = node.agent()
+    old = node.vm("web", [GEN4_A], user_data="#cloud-config\nold\n")
+    agent.apply(old)
+    (node.config.state_dir / "vms" / old.ref.uid / "overlay.qcow2").write_bytes(b"the old guest's data")
+    # Same namespace and name, a new object (new UID), given another VF: the old one is gone.
+    new = node.vm("web", [GEN4_B])
+    outcome = agent.apply(new)
+    assert outcome.domain.uuid == str(domain_uuid(new.ref.uid))
+    assert [d.owner.uid for d in agent.hypervisor.owned_domains()] == [new.ref.uid]
+    assert not (node.config.state_dir / "vms" / old.ref.uid).exists()
+    assert node.driver(GEN4_A) is None
+    assert image_info(node.config.state_dir / "vms" / new.ref.uid / "overlay.qcow2").backing_filename == str(node.root / BASE.lstrip("/"))
+    # The old VM's late removal takes nothing of the new one's.
+    assert agent.remove(old.ref.uid) == []
+    assert agent.hypervisor.state(domain_name("team-a", "web")) is DomainState.RUNNING
+    assert node.driver(GEN4_B) == "vfio-pci"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from qatvm.api.vm import NODE_LABEL, QatRequest
-from qatvm.controller.placement import Placement, place
-from qatvm.controller.scheduler import ClusterPicture
+from qatvm.api.vm import QatRequest, QatVirtualMachine
+from qatvm.controller.placement import NoFit, Placement, Strategy, place
+from qatvm.controller.picture import ClusterPicture, Holding
 
 UID = "0b5f6c1e-1111-4c3a-9d7e-000000000001"
 OTHER_UID = "0b5f6c1e-2222-4c3a-9d7e-000000000002"
@@ -33,7 +33,6 @@ def vm_body(
         "spec": {"qat": {"count": count}, "image": {"path": "/var/lib/images/base.qcow2"}},
     }
     if node is not None:
-        body["metadata"]["labels"] = {NODE_LABEL: node}
         body["status"] = {
             "phase": "Scheduled",
             "nodeName": node,
@@ -83,7 +82,7 @@ def test_a_vm_with_node_is_allocated_and_not_pending() -> None:
     picture.observe_vm(vm_body(rv="1"))
     picture.observe_vm(vm_body(rv="2", node="n1", devices=("0000:10:00.1", "0000:10:00.2")))
     assert picture.pending == {}
-    assert picture.allocations == {UID: ("n1", ("0000:10:00.1", "0000:10:00.2"))}
+    assert picture.allocations == {UID: Holding("team-a", "n1", ("0000:10:00.1", "0000:10:00.2"))}
     assert picture.taken() == {("n1", "0000:10:00.1"), ("n1", "0000:10:00.2")}
 
 
@@ -106,7 +105,7 @@ def test_an_older_event_without_node_after_the_allocation_changes_nothing() -> N
     picture.observe_vm(copy.deepcopy(before))  # the watch, late: an event from before the patch
     picture.observe_vm(vm_body(rv="6"))  # and another one (e.g. the Pending condition write)
 
-    assert picture.allocations == {UID: ("n1", ("0000:10:00.1",))}
+    assert picture.allocations == {UID: Holding("team-a", "n1", ("0000:10:00.1",))}
     assert picture.pending == {}
     assert ("n1", "0000:10:00.1") in picture.taken()
 
@@ -207,3 +206,77 @@ def test_node_labels_and_inventory_follow_the_latest_event() -> None:
     # A node with no labels at all is still a node.
     picture.observe_node({"metadata": {"name": "n1"}})
     assert picture.nodes()[0].labels == {}
+
+
+# --- the node's word, reservations, quotas ------------------------------------------------------
+
+
+def _ready_picture(*addresses: str) -> ClusterPicture:
+    picture = ClusterPicture()
+    picture.observe_node(node_body("n1"))
+    picture.observe_inventory(inventory_body("n1", *addresses))
+    return picture
+
+
+def _vm(uid: str = UID, rv: str = "1", count: int = 1, namespace: str = "team-a") -> QatVirtualMachine:
+    body = vm_body(uid, name=uid[-4:], rv=rv, count=count)
+    body["metadata"]["namespace"] = namespace
+    return QatVirtualMachine.model_validate(body)
+
+
+def test_a_vf_the_node_still_holds_is_not_free_though_no_vm_has_it() -> None:
+    """A VM deleted by force is gone from the API while its domain may still hold the VF:
+    the VF is free only once the node's QatNode no longer lists it allocatedTo."""
+    picture = _ready_picture("0000:10:00.1")
+    held = inventory_body("n1", "0000:10:00.1")
+    held["status"]["vfs"][0]["allocatedTo"] = {"namespace": "team-a", "name": "gone", "uid": OTHER_UID}
+    picture.observe_inventory(held)
+    assert isinstance(picture.decide(_vm(), Strategy.PACK), NoFit)
+    picture.observe_inventory(inventory_body("n1", "0000:10:00.1"))  # given back
+    assert isinstance(picture.decide(_vm(), Strategy.PACK), Placement)
+
+
+def test_a_reservation_takes_the_vfs_at_once_and_a_sure_failure_gives_them_back() -> None:
+    picture = _ready_picture("0000:10:00.1")
+    first = picture.decide(_vm(UID), Strategy.PACK)
+    assert isinstance(first, Placement)
+    assert isinstance(picture.decide(_vm(OTHER_UID), Strategy.PACK), NoFit)  # before any write returned
+    picture.release(UID)
+    assert isinstance(picture.decide(_vm(OTHER_UID), Strategy.PACK), Placement)
+
+
+def test_a_doubtful_write_keeps_its_vfs_until_the_next_version_tells() -> None:
+    picture = _ready_picture("0000:10:00.1")
+    picture.observe_vm(vm_body(UID, rv="5"))
+    assert isinstance(picture.decide(_vm(UID, rv="5"), Strategy.PACK), Placement)
+    picture.doubt(UID)
+    picture.observe_vm(vm_body(UID, rv="5"))  # the same version again: still unknown
+    assert isinstance(picture.decide(_vm(OTHER_UID), Strategy.PACK), NoFit)
+    picture.observe_vm(vm_body(UID, rv="6"))  # the next version has no placement: it never landed
+    assert picture.reservations == {}
+    assert isinstance(picture.decide(_vm(OTHER_UID), Strategy.PACK), Placement)
+
+
+def test_the_written_placement_replaces_the_reservation_without_freeing_anything() -> None:
+    picture = _ready_picture("0000:10:00.1", "0000:10:00.2")
+    placed = picture.decide(_vm(UID), Strategy.PACK)
+    assert isinstance(placed, Placement)
+    picture.observe_vm(vm_body(UID, rv="2", node="n1", devices=tuple(v.pci_address for v in placed.vfs)))
+    assert picture.reservations == {} and set(picture.allocations) == {UID}
+    assert picture.taken() == {("n1", placed.vfs[0].pci_address)}
+
+
+def test_quota_counts_what_a_namespace_holds_and_says_the_numbers() -> None:
+    picture = _ready_picture("0000:10:00.1", "0000:10:00.2", "0000:10:00.3")
+    picture.observe_namespace({"metadata": {"name": "team-a", "annotations": {"qatvm.io/vf-quota": "2"}}})
+    assert isinstance(picture.decide(_vm(UID, count=2), Strategy.PACK), Placement)
+    refused = picture.decide(_vm(OTHER_UID, count=1), Strategy.PACK)
+    assert isinstance(refused, NoFit) and refused.reason == "QuotaExceeded" and not refused.never
+    assert refused.message == (
+        "namespace team-a may hold 2 VFs (the annotation qatvm.io/vf-quota on the Namespace); its VMs hold 2, and this VM needs 1"
+    )
+    assert isinstance(picture.decide(_vm(OTHER_UID, count=1, namespace="team-b"), Strategy.PACK), Placement)
+    too_big = picture.decide(_vm("0b5f6c1e-3333-4c3a-9d7e-000000000003", count=3), Strategy.PACK)
+    assert isinstance(too_big, NoFit) and too_big.never
+    picture.observe_namespace({"metadata": {"name": "team-a", "annotations": {"qatvm.io/vf-quota": "oops"}}})
+    assert picture.quotas["team-a"] == 0  # a typo caps everything rather than nothing

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import yaml
+
 from qatvm.local.state import ClusterState
 from qatvm.processes import pid_alive
+from qatvm.testing.cluster import eventually
+from qatvm.testing.installed import require_commands
 from qatvm.testing.kubectl import Kubectl
+from qatvm.testing.prometheus import by_label
 
 
 def qatvm(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
@@ -94,3 +100,37 @@ def test_a_stale_state_file_whose_pid_is_reused_is_not_a_running_cluster(tmp_pat
     ClusterState(supervisor_pid=os.getpid(), ready=True).save(tmp_path)
     assert not ClusterState.load(tmp_path).running()  # type: ignore[union-attr]
     assert qatvm("local", "status", "--state-dir", str(tmp_path)).returncode == 3
+
+
+def test_monitoring_runs_prometheus_on_loopback_and_down_stops_it(tmp_path: Path) -> None:
+    require_commands({"prometheus": "prometheus"})
+    state_dir = tmp_path / "cluster"
+    up = qatvm("local", "up", "--nodes", "1", "--monitoring", "--state-dir", str(state_dir))
+    assert up.returncode == 0, up.stderr
+    try:
+        status = json.loads(qatvm("local", "status", "--output", "json", "--state-dir", str(state_dir)).stdout)
+        url = status["prometheus"]
+        assert url.startswith("http://127.0.0.1:") and status["components"]["prometheus"]["running"]
+        assert f"prometheus  {url}" in qatvm("local", "status", "--state-dir", str(state_dir)).stdout
+        # Everything it keeps is under the state dir.
+        config = yaml.safe_load((state_dir / "monitoring" / "prometheus.yml").read_text())
+        targets = [t for job in config["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]]
+        assert len(targets) == 2 and all(t.startswith("127.0.0.1:") for t in targets)
+        assert (state_dir / "monitoring" / "data").is_dir()
+
+        def scraped() -> None:
+            up_series = by_label(url, "up", "instance")
+            assert up_series == {t: 1.0 for t in targets}
+
+        eventually(scraped, timeout=30, interval=1)
+    finally:
+        state = ClusterState.load(state_dir)
+        down = qatvm("local", "down", "--purge", "--state-dir", str(state_dir))
+    assert down.returncode == 0, down.stderr
+    assert state is not None and not any(pid_alive(pid) for pid in state.components.values())
+    assert not state_dir.exists()
+
+
+def test_stopped_status_as_json(tmp_path: Path) -> None:
+    status = qatvm("local", "status", "--output", "json", "--state-dir", str(tmp_path))
+    assert status.returncode == 3 and json.loads(status.stdout) == {"running": False, "stateDir": str(tmp_path)}

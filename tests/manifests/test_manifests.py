@@ -36,6 +36,7 @@ from qatvm.kube import QatNodeResource, QatVirtualMachineResource, client
 from qatvm.node.sysfs import SIMULATION_MARKER, dev_root
 from qatvm.paths import project_root
 from qatvm.testing.kubectl import Kubectl
+from qatvm.testing.cluster import eventually
 
 Manifest = dict[str, Any]
 
@@ -48,7 +49,7 @@ CONTROLLER_SA = "qatvm-controller"
 AGENT_SA = "qatvm-agent"
 NODE_LABEL = "qatvm.io/qat"
 VM_NODE_LABEL = "qatvm.io/node"
-RBAC_FILES = ("namespace.yaml", "controller-rbac.yaml", "agent-rbac.yaml", "agent-policy.yaml")
+RBAC_FILES = ("namespace.yaml", "controller-rbac.yaml", "agent-rbac.yaml", "agent-policy.yaml", "vm-policy.yaml", "tenant-roles.yaml")
 
 # (kind, namespace, name) of everything `kubectl apply -k manifests/` creates; no CRDs.
 EXPECTED_OBJECTS = {
@@ -63,6 +64,10 @@ EXPECTED_OBJECTS = {
     ("RoleBinding", SYSTEM, "qatvm-controller-leader"),
     ("ValidatingAdmissionPolicy", None, "qatvm-agent-own-node"),
     ("ValidatingAdmissionPolicyBinding", None, "qatvm-agent-own-node"),
+    ("ValidatingAdmissionPolicy", None, "qatvm-agent-bookkeeping"),
+    ("ValidatingAdmissionPolicyBinding", None, "qatvm-agent-bookkeeping"),
+    ("ClusterRole", None, "qatvm-view"),
+    ("ClusterRole", None, "qatvm-edit"),
     ("Deployment", SYSTEM, "qatvm-controller"),
     ("PodDisruptionBudget", SYSTEM, "qatvm-controller"),
     ("DaemonSet", SYSTEM, "qatvm-agent"),
@@ -278,6 +283,22 @@ def test_images_entry_overrides_every_container(base: list[Manifest], tmp_path: 
     assert images == {"registry.example.com/qatvm:0.1.0"}
 
 
+def test_podmonitor_scrapes_the_metrics_port_of_both_workloads(base: list[Manifest]) -> None:
+    assert not [o for o in base if o["kind"] == "PodMonitor"], "the PodMonitor needs the Prometheus Operator: kept apart"
+    [monitor] = render(MANIFESTS / "monitoring")
+    assert (monitor["apiVersion"], monitor["kind"]) == ("monitoring.coreos.com/v1", "PodMonitor")
+    [endpoint] = monitor["spec"]["podMetricsEndpoints"]
+    for kind, name, component in (("Deployment", "qatvm-controller", "controller"), ("DaemonSet", "qatvm-agent", "agent")):
+        workload = find(base, kind, name)
+        assert workload["metadata"]["namespace"] == monitor["metadata"]["namespace"]
+        assert monitor["spec"]["selector"]["matchLabels"].items() <= workload["spec"]["template"]["metadata"]["labels"].items()
+        served = container(workload, component)
+        ports = {p["name"]: p["containerPort"] for p in served["ports"]}
+        # The named port is where the process really listens.
+        assert f"--metrics-port={ports[endpoint['port']]}" in served["args"], served["args"]
+        assert ports["metrics"] != ports["health"]
+
+
 # -- the kind cluster and its overlay ------------------------------------------------------------
 
 
@@ -459,11 +480,10 @@ IN_SYSTEM = ("-n", SYSTEM)
 STATUS = "--subresource=status"
 
 RIGHTS: list[tuple[str, bool, tuple[str, ...]]] = [
-    # The controller: reads the cluster picture, writes a VM's status and its node label.
+    # The controller: reads the cluster picture (and Namespaces' quotas), writes a VM's status only.
     (CONTROLLER_SA, True, ("list", VM, *ALL_NS)),
     (CONTROLLER_SA, True, ("watch", VM, *ALL_NS)),
     (CONTROLLER_SA, True, ("get", VM, *ANY_NS)),
-    (CONTROLLER_SA, True, ("patch", VM, *ANY_NS)),
     (CONTROLLER_SA, True, ("patch", VM, STATUS, *ANY_NS)),
     (CONTROLLER_SA, True, ("list", QATNODE)),
     (CONTROLLER_SA, True, ("watch", QATNODE)),
@@ -475,6 +495,9 @@ RIGHTS: list[tuple[str, bool, tuple[str, ...]]] = [
     (CONTROLLER_SA, True, ("patch", f"{LEASE}/qatvm-controller", *IN_SYSTEM)),
     (CONTROLLER_SA, False, ("update", f"{LEASE}/qatvm-controller", *IN_SYSTEM)),
     (CONTROLLER_SA, False, ("update", VM, *ANY_NS)),
+    (CONTROLLER_SA, False, ("patch", VM, *ANY_NS)),
+    (CONTROLLER_SA, True, ("watch", "namespaces")),
+    (CONTROLLER_SA, False, ("patch", "namespaces")),
     (CONTROLLER_SA, False, ("update", VM, STATUS, *ANY_NS)),
     (CONTROLLER_SA, False, ("create", VM, *ANY_NS)),
     (CONTROLLER_SA, False, ("delete", VM, *ANY_NS)),
@@ -497,7 +520,7 @@ RIGHTS: list[tuple[str, bool, tuple[str, ...]]] = [
     (CONTROLLER_SA, False, ("create", "serviceaccounts", "--subresource=token", *IN_SYSTEM)),
     (CONTROLLER_SA, False, ("list", "configmaps", *ALL_NS)),
     (CONTROLLER_SA, False, ("bind", "clusterroles.rbac.authorization.k8s.io")),
-    # The agent: its node's VMs (by label), its QatNode, its Node's status; the policy narrows it.
+    # The agent: its node's VMs (by status.nodeName), its QatNode, its Node's status; the policy narrows it.
     (AGENT_SA, True, ("list", VM, *ALL_NS)),
     (AGENT_SA, True, ("watch", VM, *ALL_NS)),
     (AGENT_SA, True, ("patch", VM, *ANY_NS)),
@@ -549,13 +572,18 @@ def two_nodes(kubectl: Kubectl, operator_rbac: None) -> Iterator[None]:
 
 
 def vm_on(name: str, namespace: str, node: str | None) -> Manifest:
-    labels = {VM_NODE_LABEL: node} if node else {}
     return {
         "apiVersion": "qatvm.io/v1alpha1",
         "kind": "QatVirtualMachine",
-        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "metadata": {"name": name, "namespace": namespace},
         "spec": {"qat": {"count": 1}, "image": {"path": "/var/lib/qatvm/images/base.qcow2"}},
     }
+
+
+def place_as_controller(kubectl: Kubectl, name: str, namespace: str, node: str) -> None:
+    """What the controller writes on placement: status.nodeName and the devices."""
+    placement = {"status": {"nodeName": node, "pciAddresses": "0000:3d:01.1", "devices": [{"pciAddress": "0000:3d:01.1"}]}}
+    kubectl.run("patch", "qvm", name, "-n", namespace, "--subresource=status", "--type=merge", "-p", json.dumps(placement))
 
 
 class AgentClient:
@@ -611,6 +639,8 @@ def test_agent_policy_keeps_an_agent_to_its_node(
     agent = agent_client(kubectl, control_plane, tmp_path, "--bound-object-kind=Node", f"--bound-object-name={NODE_A}")
     for name, node in (("on-a", NODE_A), ("on-b", NODE_B), ("unplaced", None)):
         kubectl.apply(vm_on(name, namespace, node))
+        if node:
+            place_as_controller(kubectl, name, namespace, node)
 
     # Its own Node's status, its QatNode, its VMs' status and metadata (kopf's annotations): yes.
     assert agent.node_status(NODE_A, 2) is None
@@ -627,11 +657,11 @@ def test_agent_policy_keeps_an_agent_to_its_node(
     assert refusal(agent.vm_status("on-b", namespace, "Running"), f"may not write a VM placed on {NODE_B}")
     assert refusal(agent.vm_status("unplaced", namespace, "Running"), "may not write a VM placed on no node")
     assert refusal(agent.vm("on-a", namespace, {"spec": {"running": False}}), "may not change a VM's spec")
-    # Moving its VM elsewhere by its label is judged by the label it had: allowed only from its node.
+    # A label decides nothing: writing one on another node's VM is refused like any other write.
     assert refusal(agent.vm("on-b", namespace, {"metadata": {"labels": {VM_NODE_LABEL: NODE_A}}}), f"placed on {NODE_B}")
     assert kubectl.json("get", "qvm", "on-a", "-n", namespace)["spec"]["running"] is True
     assert "qatvm.io/vf" not in kubectl.json("get", "node", NODE_B).get("status", {}).get("capacity", {})
-    assert "status" not in kubectl.json("get", "qvm", "on-b", "-n", namespace)
+    assert "phase" not in kubectl.json("get", "qvm", "on-b", "-n", namespace)["status"]
     assert not kubectl.exists(QATNODE, NODE_B)
 
 
@@ -640,9 +670,126 @@ def test_agent_token_without_a_node_writes_nothing(
 ) -> None:
     agent = agent_client(kubectl, control_plane, tmp_path)
     kubectl.apply(vm_on("on-a", namespace, NODE_A))
+    place_as_controller(kubectl, "on-a", namespace, NODE_A)
     assert refusal(agent.vm_status("on-a", namespace, "Running"), "not bound to a node")
     assert refusal(agent.node_status(NODE_A, 1), "not bound to a node")
     assert refusal(agent.create_qatnode(NODE_A), "not bound to a node")
-    # Reading is not confined: the agent lists its VMs by label.
-    listed = agent.kube.list(QatVirtualMachineResource, namespace="*", labels={VM_NODE_LABEL: NODE_A})
-    assert [vm.metadata.name for vm in listed if vm.metadata and vm.metadata.namespace == namespace] == ["on-a"]
+    # Reading is not confined: the agent lists VMs.
+    listed = agent.kube.list(QatVirtualMachineResource, namespace=namespace)
+    assert [vm.metadata.name for vm in listed if vm.metadata] == ["on-a"]
+
+
+def test_an_agent_cannot_move_delete_or_relabel_what_it_serves(
+    kubectl: Kubectl, control_plane: ControlPlane, two_nodes: None, namespace: str, tmp_path: Path
+) -> None:
+    """Finding 5 of the trust-boundary review, with a real node-bound agent token."""
+    agent = agent_client(kubectl, control_plane, tmp_path, "--bound-object-kind=Node", f"--bound-object-name={NODE_A}")
+    kubectl.apply(vm_on("mine", namespace, NODE_A))
+    place_as_controller(kubectl, "mine", namespace, NODE_A)
+    kubectl.run("label", "node", NODE_A, "zone=a")
+    owner = kubectl.json("get", "qvm", "mine", "-n", namespace)["metadata"]
+    kubectl.apply(vm_on("victim", namespace, NODE_A))
+    place_as_controller(kubectl, "victim", namespace, NODE_A)
+
+    def status_patch(change: dict[str, Any]) -> str | None:
+        return agent._try(lambda: agent.kube.patch(
+            QatVirtualMachineResource.Status, "mine", {"status": change}, namespace=namespace, patch_type=PatchType.MERGE
+        ))
+
+    placement = "may not change a VM's placement"
+    assert refusal(status_patch({"nodeName": NODE_B}), placement)
+    assert refusal(status_patch({"devices": [{"pciAddress": "0000:3b:00.0"}]}), placement)
+    assert refusal(status_patch({"pciAddresses": "0000:3b:00.0"}), placement)
+    reference = {"apiVersion": "qatvm.io/v1alpha1", "kind": "QatVirtualMachine", "name": "mine", "uid": owner["uid"]}
+    assert refusal(agent.vm("victim", namespace, {"metadata": {"ownerReferences": [reference]}}), "labels or ownerReferences")
+    assert refusal(agent.vm("mine", namespace, {"metadata": {"labels": {"team": "x"}}}), "labels or ownerReferences")
+    assert refusal(agent.vm("mine", namespace, {"metadata": {"finalizers": ["example.com/other"]}}), "only its own finalizer")
+    assert refusal(agent.vm("mine", namespace, {"metadata": {"annotations": {"note": "x"}}}), "only its own annotations")
+    # Its Node: the VF count, yes; labels (which decide what lands there) or anything else, no.
+    nodes_status = "may change only the qatvm.io/vf capacity"
+    relabel = {"metadata": {"labels": {"zone": "b"}}}
+    for patch in (relabel, {"status": {"capacity": {"cpu": "64"}}}, {"status": {"phase": "Running"}}):
+        assert refusal(agent._try(lambda p=patch: agent.kube.patch(Node.Status, NODE_A, p, patch_type=PatchType.MERGE)),
+                       nodes_status if "status" in patch else "labels or ownerReferences")
+    # What it must do still works: its finalizer, its annotations, its VM's state.
+    assert agent.vm("mine", namespace, {"metadata": {"finalizers": ["agent.qatvm.io/finalizer"]}}) is None
+    assert agent.vm("mine", namespace, {"metadata": {"annotations": {"agent.qatvm.io/state": "x"}}}) is None
+    assert status_patch({"phase": "Running", "observedGeneration": 1}) is None
+    assert agent.vm("mine", namespace, {"metadata": {"finalizers": None}}) is None
+    assert agent.node_status(NODE_A, 3) is None
+
+    after = kubectl.json("get", "qvm", "mine", "-n", namespace)
+    assert after["status"]["nodeName"] == NODE_A and after["status"]["devices"] == [{"pciAddress": "0000:3d:01.1"}]
+    assert "ownerReferences" not in kubectl.json("get", "qvm", "victim", "-n", namespace)["metadata"]
+    assert kubectl.json("get", "node", NODE_A)["metadata"]["labels"]["zone"] == "a"
+
+
+# -- tenants: the shipped roles, and what they can never do ----------------------------------------
+
+
+@pytest.fixture
+def tenants(kubectl: Kubectl, control_plane: ControlPlane, operator_rbac: None, namespace: str, tmp_path: Path) -> dict[str, Kubectl]:
+    """Two tenants of `namespace`: one bound to Kubernetes' `edit` (qatvm-edit aggregated into it),
+    one bound to qatvm-edit alone."""
+    users = {}
+    for account, role in (("tenant-edit", "edit"), ("tenant-qatvm-edit", "qatvm-edit")):
+        kubectl.run("create", "serviceaccount", account, "-n", namespace)
+        kubectl.run("create", "rolebinding", account, "-n", namespace, f"--clusterrole={role}", f"--serviceaccount={namespace}:{account}")
+        token = kubectl.run("create", "token", account, "-n", namespace, "--duration=1h").stdout.strip()
+        path = write_kubeconfig(tmp_path / f"{account}.kubeconfig", control_plane.server, control_plane.ca_file,
+                                user=account, token=token, namespace=namespace)
+        users[account] = kubectl.with_kubeconfig(path)
+    return users
+
+
+def _aggregated(kubectl: Kubectl, role: str) -> None:
+    rules = kubectl.json("get", "clusterrole", role).get("rules") or []
+    assert any("qatvirtualmachines" in (r.get("resources") or []) for r in rules), f"{role} has no qatvm rules yet"
+
+
+def test_tenant_roles_give_the_vm_verbs_and_never_status(kubectl: Kubectl, tenants: dict[str, Kubectl], namespace: str) -> None:
+    for role in ("view", "edit", "admin"):
+        eventually(lambda role=role: _aggregated(kubectl, role), timeout=30)
+    for tenant in tenants.values():
+        for verb in ("get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"):
+            assert can(tenant, verb, VM, "-n", namespace), verb
+        for verb in ("get", "update", "patch"):
+            assert not can(tenant, verb, VM, STATUS, "-n", namespace), f"{verb} status"
+        assert not can(tenant, "create", VM, "-n", "kube-system")
+        assert not can(tenant, "patch", "namespaces")
+        assert not can(tenant, "list", QATNODE)
+    view = kubectl.json("get", "clusterrole", "qatvm-view")["rules"]
+    assert view == [{"apiGroups": ["qatvm.io"], "resources": ["qatvirtualmachines"], "verbs": ["get", "list", "watch"]}]
+
+
+def test_a_tenant_cannot_remove_or_forge_the_agents_bookkeeping(kubectl: Kubectl, tenants: dict[str, Kubectl], namespace: str) -> None:
+    for role in ("edit",):
+        eventually(lambda role=role: _aggregated(kubectl, role), timeout=30)
+    manifest = vm_on("held", namespace, None)
+    held = {**manifest, "metadata": {**manifest["metadata"], "finalizers": ["agent.qatvm.io/finalizer"],
+                                     "annotations": {"agent.qatvm.io/state": "bound"}}}
+    kubectl.apply(held)  # as the agent would leave it (a cluster admin may write it)
+    for name, tenant in tenants.items():
+        refused = tenant.run("patch", "qvm", "held", "--type=json", "-p", '[{"op":"remove","path":"/metadata/finalizers"}]', check=False)
+        assert refused.returncode != 0, name
+        assert "only the node's agent removes the finalizer" in refused.stderr and "kubectl delete" in refused.stderr, refused.stderr
+        # `kubectl replace` with the original manifest drops finalizers and annotations: refused, saying why.
+        current = kubectl.json("get", "qvm", "held", "-n", namespace)
+        replaced = {**manifest, "metadata": {**manifest["metadata"], "resourceVersion": current["metadata"]["resourceVersion"]}}
+        refused = tenant.run("replace", "-f", "-", input=replaced, check=False)
+        assert refused.returncode != 0 and "kubectl replace" in refused.stderr, refused.stderr
+        forged = tenant.run("annotate", "qvm", "held", "agent.qatvm.io/state=released", "--overwrite", check=False)
+        assert forged.returncode != 0 and "agent.qatvm.io/" in forged.stderr, forged.stderr
+        extra = vm_on(f"forged-{name}", namespace, None)
+        extra["metadata"]["finalizers"] = ["agent.qatvm.io/finalizer"]
+        refused = tenant.run("create", "-f", "-", input=extra, check=False)
+        assert refused.returncode != 0 and "only the node's agent adds the finalizer" in refused.stderr, refused.stderr
+        assert "forbidden" in tenant.run("patch", "qvm", "held", "--subresource=status", "--type=merge",
+                                         "-p", '{"status":{"nodeName":"x"}}', check=False).stderr.lower()
+        # Their own labels and annotations, and the spec, remain theirs.
+        tenant.run("label", "qvm", "held", f"owner={name}", "--overwrite")
+        tenant.run("patch", "qvm", "held", "--type=merge", "-p", '{"spec":{"vcpus":2}}')
+    after = kubectl.json("get", "qvm", "held", "-n", namespace)["metadata"]
+    assert after["finalizers"] == ["agent.qatvm.io/finalizer"] and after["annotations"]["agent.qatvm.io/state"] == "bound"
+    # A cluster admin may: the way out when a node is gone for good.
+    kubectl.run("patch", "qvm", "held", "-n", namespace, "--type=merge", "-p", '{"metadata":{"finalizers":null}}')

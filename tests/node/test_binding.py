@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from qatvm.api.base import ObjectRef
 from qatvm.node.binding import (
     BindFailedError,
     DenylistedError,
     DeviceBusyError,
     DeviceVanishedError,
+    HeldByAnotherError,
     IommuOffError,
     VfBinder,
     VfioNotLoadedError,
@@ -234,3 +236,38 @@ def test_concurrent_binds_on_one_node(make_node: MakeNode, tmp_path: Path) -> No
     assert errors == []
     assert [driver(sysfs, str(vf)) for vf in vfs] == ["vfio-pci"] * 8
     assert sorted(n for n in sysfs.listdir("bus/pci/drivers/vfio-pci") if n.startswith("0000:")) == vfs
+
+
+def test_the_record_names_the_owner_and_only_its_uid_releases_the_vf(gen4: Sysfs, tmp_path: Path) -> None:
+    binder = VfBinder(gen4, tmp_path / "state")
+    owner = ObjectRef(namespace="team-a", name="web", uid="0a1b-owner")
+    binder.bind_to_vfio(VF, owner)
+    assert [(r.address, r.owner) for r in binder.records()] == [(VF, owner)]
+    assert binder.held_by(owner.uid) == [VF] and binder.held_by("another-uid") == []
+
+    binder.release(VF, "another-uid")  # a VM that merely names this VF in its status
+    assert driver(gen4, VF) == "vfio-pci"
+    binder.release(VF, owner.uid)
+    assert driver(gen4, VF) is None
+    assert binder.records() == []
+
+
+def test_a_vf_recorded_for_one_vm_is_refused_to_another_before_any_write(gen4: Sysfs, tmp_path: Path) -> None:
+    binder = VfBinder(gen4, tmp_path / "state")
+    owner = ObjectRef(namespace="team-a", name="web", uid="0a1b-owner")
+    other = ObjectRef(namespace="team-b", name="thief", uid="9f8e-other")
+    binder.bind_to_vfio(VF, owner)
+    with pytest.raises(HeldByAnotherError, match="still held by VM team-a/web \\(uid 0a1b-owner\\)"):
+        binder.bind_to_vfio(VF, other)
+    assert [r.owner for r in binder.records()] == [owner]
+    binder.bind_to_vfio(VF, owner)  # its own owner again: nothing changes
+    assert driver(gen4, VF) == "vfio-pci"
+
+
+def test_a_record_without_an_owner_is_adopted_by_the_next_bind(gen4: Sysfs, tmp_path: Path) -> None:
+    binder = VfBinder(gen4, tmp_path / "state")
+    binder.bind_to_vfio(VF)  # as a tool, or an agent before owners were recorded
+    owner = ObjectRef(namespace="team-a", name="web", uid="0a1b-owner")
+    binder.bind_to_vfio(VF, owner)
+    [record] = binder.records()
+    assert (record.owner, record.previous_driver) == (owner, None)

@@ -29,6 +29,8 @@ class AgentConfig(BaseModel):
     extra_vf_ids: tuple[ExtraVfId, ...] = ()
     # How often sysfs is read again for VFs that appear, vanish or turn unhealthy.
     scan_seconds: float = 5.0
+    # How often everything the node holds is checked against a fresh LIST of its VMs, by UID.
+    audit_seconds: float = 30.0
     # Node paths; the only places `spec.image.path` (and every backing file) may resolve into.
     image_dirs: tuple[PurePosixPath, ...] = (DEFAULT_IMAGE_DIR,)
 

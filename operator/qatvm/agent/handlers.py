@@ -1,8 +1,10 @@
-"""kopf wiring for the agent: VM events in, calls on the NodeAgent out, status patches back.
+"""kopf wiring for the agent: raw watch events in, the NodeAgent's reconcile queue does the rest.
 
-The agent sees only the VMs labelled for its node (a server-side label selector, set in
-`configure`), uses its own finalizer and annotation prefix so it never collides with the
-controller, and writes each outcome to status in one patch.
+The watch is filtered on the server by `status.nodeName=<node>` (a CRD selectable field, written
+by the controller only), so the agent sees only VMs placed on its node, whatever their labels.
+Only `on.event` handlers: kopf adds no finalizer and stores no progress or last-handled
+annotation on the VM (an annotation that copies the spec overflows with a large userData). The
+agent manages its own finalizer and reconciles from status and `observedGeneration`.
 """
 
 from __future__ import annotations
@@ -11,26 +13,17 @@ from typing import Any
 
 import kopf
 
-from qatvm.agent import status as report
-from qatvm.agent.reconciler import AllocationMissing
 from qatvm.agent.service import NodeAgent
-from qatvm.api.vm import GROUP, NODE_LABEL, PLURAL, VERSION, QatVirtualMachine
+from qatvm.api.vm import GROUP, PLURAL, VERSION
 from qatvm.background import run_alongside
 from qatvm.login import register_login
 
 registry = kopf.OperatorRegistry()
 register_login(registry)
 
-FINALIZER = "agent.qatvm.io/finalizer"
-PREFIX = "agent.qatvm.io"
-RETRY_SECONDS = 30
-
 
 def configure(settings: kopf.OperatorSettings, node: str) -> kopf.OperatorSettings:
-    settings.watching.label_selectors[GROUP, PLURAL] = f"{NODE_LABEL}={node}"
-    settings.persistence.finalizer = FINALIZER
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=PREFIX, key="last-handled")
+    settings.watching.field_selectors[GROUP, PLURAL] = f"status.nodeName={node}"
     settings.posting.loggers = False
     # The resources are known; scanning CRDs would need a right the agent has no other use for.
     settings.scanning.disabled = True
@@ -44,44 +37,22 @@ def _agent(memo: Any) -> NodeAgent:
 @kopf.on.startup(registry=registry)
 async def start(memo: Any, **_: Any) -> None:
     agent = _agent(memo)
-    node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": agent.config.node}}
-    for line in await agent.recover():
-        await agent.events.post(node, "Normal", "Recovered", line)
+    # Before the watch: a first inventory (the audit's passes check allocations against it),
+    # then the node's holdings against the API.
     await agent.refresh_inventory()
+    await agent.audit()
 
 
-# After `start`: the first scan is published before the loop takes over.
+# After `start`: the first scan is published before the loops take over.
 run_alongside(registry, "inventory", lambda memo: _agent(memo).watch_inventory())
+run_alongside(registry, "audit", lambda memo: _agent(memo).watch_holdings())
+
+
+@kopf.on.cleanup(registry=registry)
+async def stop(memo: Any, **_: Any) -> None:
+    await _agent(memo).close()
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
-def observe(event: Any, body: kopf.Body, memo: Any, **_: Any) -> None:
+async def observe(event: Any, body: kopf.Body, memo: Any, **_: Any) -> None:
     _agent(memo).observe(dict(body), event.get("type") == "DELETED")
-
-
-@kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry)
-@kopf.on.create(GROUP, VERSION, PLURAL, registry=registry)
-@kopf.on.update(GROUP, VERSION, PLURAL, field="spec", registry=registry)
-async def reconcile(body: kopf.Body, patch: kopf.Patch, memo: Any, **_: Any) -> None:
-    vm = QatVirtualMachine.model_validate(dict(body))
-    agent = _agent(memo)
-    try:
-        outcome = await agent.apply(vm)
-    except AllocationMissing as error:
-        raise kopf.TemporaryError(str(error), delay=5) from error
-    except Exception as error:  # noqa: BLE001 - reported on the object, then retried
-        patch.status.update(report.after_failure(vm, error))
-        await agent.events.post(dict(body), "Warning", "Failed", str(error))
-        raise kopf.TemporaryError(str(error), delay=RETRY_SECONDS) from error
-    patch.status.update(report.after_apply(vm, outcome))
-    await agent.events.post(dict(body), "Normal", outcome.phase.value, outcome.message)
-    await agent.refresh_inventory()
-
-
-@kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry)
-async def remove(body: kopf.Body, memo: Any, **_: Any) -> None:
-    vm = QatVirtualMachine.model_validate(dict(body))
-    agent = _agent(memo)
-    await agent.remove(vm)
-    await agent.events.post(dict(body), "Normal", "Removed", "domain removed and VFs given back")
-    await agent.refresh_inventory()

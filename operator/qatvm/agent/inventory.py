@@ -15,6 +15,7 @@ from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Node
 from lightkube.types import PatchType
 
+from qatvm import metrics
 from qatvm.agent.config import AgentConfig
 from qatvm.api.base import ObjectRef
 from qatvm.api.qatnode import QatNodeStatus
@@ -50,6 +51,7 @@ class InventoryPublisher:
 
     async def publish(self, status: QatNodeStatus) -> bool:
         """Write what changed; True when anything was written."""
+        metrics.inventory_published(self.config.node, status.vfs)
         wire = status.model_dump(by_alias=True, mode="json")
         wrote = False
         if wire != self.published:
@@ -71,6 +73,14 @@ class InventoryPublisher:
             self.advertised = count
             wrote = True
         return wrote
+
+    def holders_of(self, addresses: set[str]) -> dict[str, ObjectRef | None]:
+        """Who the last published status says holds each of `addresses` (None: nobody)."""
+        vfs = {vf["pciAddress"]: vf for vf in (self.published or {}).get("vfs", [])}
+        return {
+            a: ObjectRef.model_validate(vfs[a]["allocatedTo"]) if (vfs.get(a) or {}).get("allocatedTo") else None
+            for a in addresses
+        }
 
     async def _ensure_object(self) -> None:
         if self.published is not None:

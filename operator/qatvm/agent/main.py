@@ -13,7 +13,7 @@ from lightkube import AsyncClient
 from lightkube.config.kubeconfig import KubeConfig
 from pydantic import ValidationError
 
-from qatvm import health, logs
+from qatvm import health, logs, metrics
 from qatvm.agent import handlers
 from qatvm.agent.config import AgentConfig
 from qatvm.agent.service import NodeAgent
@@ -38,7 +38,10 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, AgentConfig]:
                         help="a node directory VM images may come from; repeat for more "
                              f"(default: {DEFAULT_IMAGE_DIR}); mount exactly these into the agent")
     parser.add_argument("--scan-seconds", type=float, default=5.0, help="how often sysfs is rescanned")
+    parser.add_argument("--audit-seconds", type=float, default=30.0,
+                        help="how often the node's domains, bound VFs and files are checked against the API")
     parser.add_argument("--health-port", type=int, default=0, help="serve GET /healthz on this port (0: off)")
+    metrics.add_arguments(parser)
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
     if not args.node:
@@ -53,6 +56,7 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, AgentConfig]:
             cpu_mode=CpuMode(args.cpu_mode),
             extra_vf_ids=tuple(ExtraVfId.parse_list(args.extra_vf_ids)),
             scan_seconds=args.scan_seconds,
+            audit_seconds=args.audit_seconds,
             image_dirs=tuple(args.image_dirs or (DEFAULT_IMAGE_DIR,)),
         )
     except ValidationError as error:
@@ -64,7 +68,7 @@ async def run(args: argparse.Namespace, config: AgentConfig) -> None:
     kubeconfig = KubeConfig.from_file(str(args.kubeconfig)) if args.kubeconfig else KubeConfig.from_env()
     client = AsyncClient(config=kubeconfig, field_manager=f"qatvm-agent-{config.node}")
     agent = NodeAgent(config, client)
-    async with health.serving(args.health_port):
+    async with health.serving(args.health_port), metrics.serving("agent", args.metrics_port, args.metrics_address):
         await kopf.operator(
             registry=handlers.registry,
             settings=handlers.configure(kopf.OperatorSettings(), config.node),

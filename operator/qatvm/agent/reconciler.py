@@ -3,30 +3,44 @@
 Every step is idempotent and starts from what is on the node, not from what the agent last did,
 so the same call after a crash at any line finishes the job: a VF already on vfio-pci stays,
 an existing overlay is kept, a defined domain is redefined in place, a running one is left running.
+
+Everything the node holds for a VM is keyed by the VM's UID: the binding records name it, the
+domain carries it in its metadata, and the VM's files live in `vms/<uid>`. So a VM is removed by
+its UID alone, and a re-created VM of the same name never inherits or loses anything of the old one.
+
+Calls for different VMs may run at once in threads. Only sysfs driver writes take the node-wide
+lock (two binds on one kernel must not interleave); disks, seeds and libvirt calls run unlocked.
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
+import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from qatvm import metrics
 from qatvm.agent.config import AgentConfig
 from qatvm.agent.vm_files import prepare_disks
 from qatvm.api.base import ObjectRef
-from qatvm.api.vm import AllocatedDevice, DomainStatus, Phase, QatVirtualMachine
+from qatvm.api.vm import DomainStatus, Phase, QatVirtualMachine
 from qatvm.domain.builder import build_domain
-from qatvm.domain.naming import domain_name
 from qatvm.domain.spec import DomainSpec
 from qatvm.hypervisor import DomainState, Hypervisor
 from qatvm.node.binding import VfBinder
+from qatvm.node.discovery import discover
 
 log = logging.getLogger(__name__)
 
 
 class AllocationMissing(RuntimeError):
-    """The VM carries this node's label but no allocation: the controller has not finished."""
+    """The VM is placed on this node but carries no devices yet."""
+
+
+class ForeignDeviceError(ValueError):
+    """The allocation names an address that is not an assignable QAT VF of this node."""
 
 
 @dataclass(frozen=True)
@@ -36,18 +50,32 @@ class Outcome:
     message: str
 
 
+@dataclass(frozen=True)
+class Holdings:
+    """What the node holds for VMs, by UID: a domain, binding records or files."""
+
+    refs: dict[str, ObjectRef | None]
+    # Binding records from before owners were recorded: addresses only.
+    unowned: tuple[str, ...]
+
+
 class VmReconciler:
     def __init__(self, config: AgentConfig, binder: VfBinder, hypervisor: Hypervisor) -> None:
         self.config = config
         self.binder = binder
         self.hypervisor = hypervisor
+        self.sysfs_lock = threading.Lock()
 
-    def vm_dir(self, namespace: str, name: str) -> Path:
-        return self.config.state_dir / "vms" / domain_name(namespace, name)
+    @property
+    def vms_dir(self) -> Path:
+        return self.config.state_dir / "vms"
+
+    def vm_dir(self, uid: str) -> Path:
+        return self.vms_dir / uid
 
     def domain_spec(self, vm: QatVirtualMachine) -> DomainSpec:
         ref = vm.ref
-        files = self.vm_dir(ref.namespace, ref.name)
+        files = self.vm_dir(ref.uid)
         user_data = vm.spec.cloud_init.user_data if vm.spec.cloud_init else None
         return DomainSpec(
             owner=ref,
@@ -60,19 +88,44 @@ class VmReconciler:
             cpu_mode=self.config.cpu_mode,
         )
 
-    def apply(self, vm: QatVirtualMachine) -> Outcome:
-        """Bring the node to what the VM asks for; raises on what it cannot fix by itself."""
+    def check_allocation(self, vm: QatVirtualMachine, vfs: set[str] | None = None) -> None:
+        """Refuse, before touching anything, an allocation that is not this node's QAT VFs: the
+        status may name a NIC or another node's address, and the agent binds nothing but its own VFs.
+        `vfs` is the node's latest scan; without it, sysfs is scanned now."""
         if vm.status.node_name != self.config.node or not vm.status.devices:
             raise AllocationMissing(f"{vm.ref.namespace}/{vm.ref.name} has no allocation on {self.config.node} yet")
+        if vfs is None:
+            with self.sysfs_lock:
+                vfs = {vf.pci_address for vf in discover(self.binder.sysfs, self.config.extra_vf_ids).vfs}
         for device in vm.status.devices:
-            self.binder.bind_to_vfio(device.pci_address)
+            if device.pci_address in vfs:
+                continue
+            present = self.binder.sysfs.exists(f"bus/pci/devices/{device.pci_address}")
+            raise ForeignDeviceError(
+                f"status.devices names {device.pci_address}, which is not a QAT VF on node {self.config.node} "
+                + ("(it is another kind of device)" if present else "(no such device here: gone from the host, or another node's)")
+                + "; the agent binds only the VFs its node publishes in its QatNode. Delete the VM and create it "
+                "again so the controller places it anew"
+            )
+
+    def apply(self, vm: QatVirtualMachine, vfs: set[str] | None = None) -> Outcome:
+        """Bring the node to what the VM asks for; raises on what it cannot fix by itself."""
+        self.check_allocation(vm, vfs)
         spec = self.domain_spec(vm)
-        prepare_disks(self.config, vm, spec.disk, spec.cloud_init_iso)
-        self.hypervisor.define(build_domain(spec))
+        self._clear_previous_owner(spec)
+        with metrics.step("disk"):
+            self.prepare_files(vm, spec)
+        with metrics.step("bind"), self.sysfs_lock:
+            for device in vm.status.devices:
+                self.binder.bind_to_vfio(device.pci_address, vm.ref)
+        with metrics.step("define"):
+            self.hypervisor.define(build_domain(spec))
         if vm.spec.running:
-            self.hypervisor.start(spec.name)
+            with metrics.step("start"):
+                self.hypervisor.start(spec.name)
         else:
-            self.hypervisor.stop(spec.name)
+            with metrics.step("stop"):
+                self.hypervisor.stop(spec.name)
         state = self.hypervisor.state(spec.name)
         running = state is DomainState.RUNNING
         phase = Phase.RUNNING if running else Phase.STOPPED
@@ -84,39 +137,62 @@ class VmReconciler:
             message=message,
         )
 
-    def remove(self, ref: ObjectRef, devices: list[AllocatedDevice]) -> None:
-        """Destroy and undefine the domain, give the VFs back, delete the VM's files."""
-        name = domain_name(ref.namespace, ref.name)
-        self.hypervisor.destroy(name)
-        self.hypervisor.undefine(name)
-        for device in devices:
-            self.binder.release(device.pci_address)
-        shutil.rmtree(self.vm_dir(ref.namespace, ref.name), ignore_errors=True)
+    def prepare_files(self, vm: QatVirtualMachine, spec: DomainSpec) -> None:
+        """The overlay over the VM's image and its cloud-init seed, outside any lock."""
+        prepare_disks(self.config, vm, spec.disk, spec.cloud_init_iso)
 
-    def sweep(self, vms: list[QatVirtualMachine]) -> list[str]:
-        """Remove what a crash left behind: domains of VMs that no longer exist, and VFs on
-        vfio-pci that no VM on this node holds. Domains of existing VMs are kept (adopted)."""
-        by_uid = {vm.ref.uid: vm for vm in vms}
-        held = {d.pci_address for vm in vms for d in vm.status.devices}
+    def _clear_previous_owner(self, spec: DomainSpec) -> None:
+        # The domain name comes from namespace and name; a domain of that name owned by another
+        # UID belongs to an earlier VM of the same name, which cannot exist beside this one.
+        for domain in self.hypervisor.owned_domains():
+            if domain.name == spec.name and domain.owner.uid != spec.owner.uid:
+                log.warning("removing domain %s of an earlier VM %s (uid %s)", domain.name, domain.owner.name, domain.owner.uid)
+                self.remove(domain.owner.uid)
+
+    def remove(self, uid: str) -> list[str]:
+        """Destroy and undefine the VM's domain, give back the VFs recorded for it, delete its
+        files: everything held for that UID, and nothing else. Returns what was removed."""
+        with metrics.step("remove"):
+            return self._remove(uid)
+
+    def _remove(self, uid: str) -> list[str]:
         removed = []
         for domain in self.hypervisor.owned_domains():
-            if domain.owner.uid in by_uid:
-                continue
-            self.hypervisor.destroy(domain.name)
-            self.hypervisor.undefine(domain.name)
-            shutil.rmtree(self.vm_dir(domain.owner.namespace, domain.owner.name), ignore_errors=True)
-            removed.append(f"domain {domain.name} of deleted VM {domain.owner.namespace}/{domain.owner.name}")
-        # Disks and seeds of VMs whose domain was never defined (deleted mid-way, finalizer forced).
-        wanted = {domain_name(vm.ref.namespace, vm.ref.name) for vm in vms}
-        vm_dirs = self.config.state_dir / "vms"
-        for leftover in sorted(vm_dirs.iterdir()) if vm_dirs.is_dir() else []:
-            if leftover.name not in wanted:
-                shutil.rmtree(leftover, ignore_errors=True)
-                removed.append(f"files of deleted VM in {leftover}")
-        for address in self.binder.held():
-            if address not in held:
-                self.binder.release(address)
-                removed.append(f"VF {address} left on vfio-pci")
-        for line in removed:
-            log.warning("crash recovery: removed %s", line)
+            if domain.owner.uid == uid:
+                self.hypervisor.destroy(domain.name)
+                self.hypervisor.undefine(domain.name)
+                removed.append(f"domain {domain.name}")
+        with self.sysfs_lock:
+            for address in self.binder.held_by(uid):
+                self.binder.release(address, uid)
+                removed.append(f"VF {address}")
+        files = self.vm_dir(uid)
+        if files.exists():
+            shutil.rmtree(files, ignore_errors=True)
+            removed.append(f"files in {files}")
         return removed
+
+    def holdings(self) -> Holdings:
+        """Every UID the node holds something for, with its namespace and name where known."""
+        refs: dict[str, ObjectRef | None] = {}
+        unowned = []
+        for path in sorted(self.vms_dir.iterdir()) if self.vms_dir.is_dir() else []:
+            refs.setdefault(path.name, None)
+        for record in self.binder.records():
+            if record.owner is None:
+                unowned.append(record.address)
+            else:
+                refs[record.owner.uid] = record.owner
+        for domain in self.hypervisor.owned_domains():
+            refs[domain.owner.uid] = domain.owner
+        return Holdings(refs=refs, unowned=tuple(unowned))
+
+    def release_unowned(self, addresses: Iterable[str], in_use: set[str]) -> list[str]:
+        """Give back VFs bound before owners were recorded that no VM placed here holds."""
+        released = []
+        with self.sysfs_lock:
+            for address in addresses:
+                if address not in in_use:
+                    self.binder.release(address)
+                    released.append(f"VF {address}")
+        return released

@@ -19,7 +19,6 @@ GROUP = "qatvm.io"
 VERSION = "v1alpha1"
 PLURAL = "qatvirtualmachines"
 KIND = "QatVirtualMachine"
-NODE_LABEL = "qatvm.io/node"
 
 
 class NumaPolicy(StrEnum):

@@ -11,6 +11,7 @@ from typing import Any
 
 import kopf
 
+from qatvm import metrics
 from qatvm.api.vm import GROUP, PLURAL, VERSION
 from qatvm.background import run_alongside
 from qatvm.controller.scheduler import Scheduler
@@ -40,12 +41,18 @@ run_alongside(registry, "scheduler", lambda memo: _scheduler(memo).run())
 
 @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
 def vm_event(event: Any, body: kopf.Body, memo: Any, **_: Any) -> None:
+    metrics.vm_observed(body, _deleted(event))
     _scheduler(memo).on_vm(_plain(body), _deleted(event))
 
 
 @kopf.on.event("", "v1", "nodes", registry=registry)
 def node_event(event: Any, body: kopf.Body, memo: Any, **_: Any) -> None:
     _scheduler(memo).on_node(_plain(body), _deleted(event))
+
+
+@kopf.on.event("", "v1", "namespaces", registry=registry)
+def namespace_event(event: Any, body: kopf.Body, memo: Any, **_: Any) -> None:
+    _scheduler(memo).on_namespace(_plain(body), _deleted(event))
 
 
 @kopf.on.event(GROUP, VERSION, "qatnodes", registry=registry)

@@ -13,7 +13,7 @@ import kopf
 from lightkube import AsyncClient
 from lightkube.config.kubeconfig import KubeConfig
 
-from qatvm import health, logs
+from qatvm import health, logs, metrics
 from qatvm.controller import handlers
 from qatvm.controller.leader import LeaderElection
 from qatvm.controller.placement import Strategy
@@ -23,7 +23,7 @@ FIELD_MANAGER = "qatvm-controller"
 
 
 async def run(args: argparse.Namespace) -> int:
-    async with health.serving(args.health_port):
+    async with health.serving(args.health_port), metrics.serving("controller", args.metrics_port, args.metrics_address):
         return await _lead_or_stand_by(args)
 
 
@@ -38,6 +38,7 @@ async def _lead_or_stand_by(args: argparse.Namespace) -> int:
         lease_seconds=args.lease_seconds,
         renew_seconds=max(1.0, args.lease_seconds / 3),
     )
+    metrics.leader(election.leading)
     await election.acquire()
     stop = asyncio.Event()
     scheduler = Scheduler(client, strategy=Strategy(args.strategy), leading=election.leading)
@@ -74,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lease-seconds", type=int, default=15)
     parser.add_argument("--identity", default=f"{socket.gethostname()}-{os.getpid()}")
     parser.add_argument("--health-port", type=int, default=0, help="serve GET /healthz on this port (0: off)")
+    metrics.add_arguments(parser)
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
     if args.kubeconfig:

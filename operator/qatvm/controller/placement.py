@@ -19,7 +19,7 @@ from __future__ import annotations
 import enum
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from qatvm.api.qatnode import QatVf
 from qatvm.api.vm import NumaPolicy, QatRequest
@@ -56,21 +56,13 @@ class NoFit:
     never: bool = False
 
 
-@dataclass
-class _NodeVerdict:
-    name: str
-    usable: list[QatVf] = field(default_factory=list)
-    capacity: int = 0
-    why: str = ""
-
-
 def offers(vf: QatVf, services: Iterable[str] | None) -> bool:
     wanted = set(services or ())
     have = set(vf.services) if vf.services is not None else FIXED_SERVICES
     return wanted <= have
 
 
-def _matches(vf: QatVf, request: QatRequest) -> bool:
+def matches(vf: QatVf, request: QatRequest) -> bool:
     return (request.generation is None or vf.generation == request.generation) and offers(vf, request.services)
 
 
@@ -111,6 +103,23 @@ def choose_vfs(usable: list[QatVf], count: int, numa: NumaPolicy) -> tuple[QatVf
     return tuple(chosen)
 
 
+def selects(node_selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in node_selector.items())
+
+
+def candidates(request: QatRequest, vfs: Iterable[QatVf]) -> list[QatVf]:
+    """The VFs of a node that could ever serve this request (allocated or not)."""
+    return [vf for vf in vfs if vf.healthy and vf.assignable and matches(vf, request)]
+
+
+def capacity(request: QatRequest, vfs: Iterable[QatVf]) -> int:
+    """How many of the request's VFs the node could give one VM when idle."""
+    usable = candidates(request, vfs)
+    if request.numa is NumaPolicy.REQUIRE:
+        return max((len(g) for g in _numa_groups(usable)), default=0)
+    return len(usable)
+
+
 def place(
     request: QatRequest,
     node_selector: Mapping[str, str],
@@ -118,56 +127,50 @@ def place(
     allocated: set[tuple[str, str]],
     strategy: Strategy = Strategy.PACK,
 ) -> Placement | NoFit:
-    """Pick a node and VFs for one VM; `allocated` holds (node, pciAddress) already taken."""
-    verdicts: list[_NodeVerdict] = []
-    fits: list[tuple[_NodeVerdict, tuple[QatVf, ...]]] = []
-    for node in sorted(nodes, key=lambda n: n.name):
-        verdict = _NodeVerdict(node.name)
-        verdicts.append(verdict)
-        if any(node.labels.get(k) != v for k, v in node_selector.items()):
-            verdict.why = "does not match nodeSelector"
+    """Pick a node and VFs for one VM; `allocated` holds (node, pciAddress) already taken.
+
+    The rule in one function. The scheduler gets the same answer from its index of free VFs
+    (qatvm.controller.index) without looking at every node; tests hold the two to each other."""
+    ordered = sorted(nodes, key=lambda n: n.name)
+    fits: list[tuple[int, str, tuple[QatVf, ...]]] = []
+    for node in ordered:
+        if not selects(node_selector, node.labels):
             continue
-        candidates = [vf for vf in node.vfs if vf.healthy and vf.assignable and _matches(vf, request)]
-        verdict.capacity = max((len(g) for g in _numa_groups(candidates)), default=0) if request.numa is NumaPolicy.REQUIRE else len(candidates)
-        verdict.usable = [vf for vf in candidates if (node.name, vf.pci_address) not in allocated]
-        chosen = choose_vfs(verdict.usable, request.count, request.numa)
-        if chosen is None:
-            verdict.why = _shortfall(verdict, request)
-            continue
-        fits.append((verdict, chosen))
+        usable = [vf for vf in candidates(request, node.vfs) if (node.name, vf.pci_address) not in allocated]
+        chosen = choose_vfs(usable, request.count, request.numa)
+        if chosen is not None:
+            fits.append((len(usable) if strategy is Strategy.PACK else -len(usable), node.name, chosen))
     if fits:
-        pick = min(fits, key=lambda f: (len(f[0].usable) if strategy is Strategy.PACK else -len(f[0].usable), f[0].name))
-        return Placement(node=pick[0].name, vfs=pick[1])
-    return _no_fit(request, verdicts)
+        _, name, chosen = min(fits, key=lambda f: (f[0], f[1]))
+        return Placement(node=name, vfs=chosen)
+    return explain(request, node_selector, ordered)
 
 
-def _describe(request: QatRequest) -> str:
-    parts = []
+def describe(request: QatRequest) -> str:
+    parts = [str(request.count)]
     if request.generation:
         parts.append(request.generation)
     if request.services:
         parts.append("/".join(request.services))
-    return " ".join(parts + ["VFs"]) if parts else "VFs"
+    return " ".join(parts + ["VFs"]) + (" on one NUMA node" if request.numa is NumaPolicy.REQUIRE else "")
 
 
-def _shortfall(verdict: _NodeVerdict, request: QatRequest) -> str:
-    kind = _describe(request)
-    if request.numa is NumaPolicy.REQUIRE:
-        best = max((len(g) for g in _numa_groups(verdict.usable)), default=0)
-        return f"{best} free {kind} on one NUMA node ({len(verdict.usable)} free in all)"
-    return f"{len(verdict.usable)} free {kind}"
-
-
-def _no_fit(request: QatRequest, verdicts: list[_NodeVerdict]) -> NoFit:
-    if not verdicts:
-        return NoFit("NoNodes", "no node has a QAT inventory yet", never=False)
-    details = "; ".join(f"{v.name}: {v.why}" for v in verdicts)
-    needed = f"needs {request.count} {_describe(request)}" + (" on one NUMA node" if request.numa is NumaPolicy.REQUIRE else "")
-    never = all(v.capacity < request.count for v in verdicts)
-    if never:
+def explain(request: QatRequest, node_selector: Mapping[str, str], nodes: Iterable[NodeInventory]) -> NoFit:
+    """Why no node fits now. Told to the VM's owner, so it names no node and gives only
+    aggregates, and only ones that other tenants' VMs coming and going do not change: the
+    VM's status (and its events) then change only when its own verdict does."""
+    inventories = list(nodes)
+    if not inventories:
+        return NoFit("NoNodes", "no node has a QAT inventory yet")
+    needed = f"needs {describe(request)}"
+    matching = [n for n in inventories if selects(node_selector, n.labels)]
+    if not matching:
+        return NoFit("NoNodeLargeEnough", f"{needed}; none of the {len(inventories)} QAT nodes matches its nodeSelector", never=True)
+    largest = max(capacity(request, n.vfs) for n in matching)
+    if largest < request.count:
         return NoFit(
             "NoNodeLargeEnough",
-            f"{needed}, and no node has that many even when idle: {details}",
+            f"{needed}; no node has that many even when idle (the largest has {largest})",
             never=True,
         )
-    return NoFit("InsufficientVFs", f"{needed}; 0 of {len(verdicts)} nodes fit now: {details}")
+    return NoFit("InsufficientVFs", f"{needed}; no node has that many free now (the largest has {largest} when idle)")

@@ -1,110 +1,82 @@
-"""The scheduling loop: keeps the cluster picture from watch events and places pending VMs.
+"""The scheduling loop: decides in memory, oldest VM first, and writes many decisions at once.
 
-One loop places one VM at a time, so two VMs are never given the same VF by this process; the
-allocation is written with the resourceVersion the decision was made on, so a decision made on
-stale data fails instead of landing; and a VF becomes free only when its VM is really gone (the
-agent's finalizer has given the VF back). The picture is rebuilt from a full LIST on start, before
-the first decision, so a restarted controller knows every allocation it or its predecessor made.
+Each decision is made on the picture and reserves its VFs there at once, so the next decision,
+made before the first write has returned, cannot take them; up to `concurrency` writes are
+under way together. Each allocation is written with the resourceVersion the decision was made
+on, so a decision made on a stale VM fails instead of landing; a write that fails gives its VFs
+back and the VM is judged again. A VF becomes free only once the VM holding it is gone and its
+node lists it as given back.
+
+A waiting VM is judged again only when something that could change its verdict changed (its own
+object, freed capacity, inventories, nodes, quotas), and its status and events are written only
+when its verdict changes: a hundred VMs that cannot fit cost nothing while others come and go.
+The picture is filled from a full LIST before the first decision, so a restarted controller
+knows every allocation it or its predecessor made.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
-from lightkube.resources.core_v1 import Node
+from lightkube.resources.core_v1 import Namespace, Node
 from lightkube.types import PatchType
 
+from qatvm import metrics
 from qatvm.api import conditions as cond
-from qatvm.api.qatnode import QatNodeStatus
-from qatvm.api.vm import NODE_LABEL, AllocatedDevice, Phase, QatVirtualMachine
-from qatvm.controller.placement import NodeInventory, NoFit, Placement, Strategy, place
+from qatvm.api.vm import AllocatedDevice, Phase, QatVirtualMachine
+from qatvm.controller.picture import ClusterPicture
+from qatvm.controller.placement import NoFit, Placement, Strategy
 from qatvm.events import EventRecorder
 from qatvm.kube import QatNodeResource, QatVirtualMachineResource
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class ClusterPicture:
-    """What the controller knows: node labels, inventories, allocations and unscheduled VMs."""
-
-    labels: dict[str, dict[str, str]] = field(default_factory=dict)
-    inventories: dict[str, QatNodeStatus] = field(default_factory=dict)
-    # uid -> (node, pci addresses): set once a VM is placed, dropped only when it is deleted.
-    allocations: dict[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
-    pending: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    def taken(self) -> set[tuple[str, str]]:
-        return {(node, bdf) for node, bdfs in self.allocations.values() for bdf in bdfs}
-
-    def nodes(self) -> list[NodeInventory]:
-        # Only nodes with both a Node object and an inventory can take VMs.
-        return [
-            NodeInventory(name=name, labels=self.labels[name], vfs=tuple(inv.vfs))
-            for name, inv in self.inventories.items()
-            if name in self.labels
-        ]
-
-    def observe_vm(self, body: dict[str, Any], deleted: bool = False) -> None:
-        uid = body["metadata"]["uid"]
-        if deleted:
-            self.pending.pop(uid, None)
-            self.allocations.pop(uid, None)
-            return
-        status = body.get("status") or {}
-        if status.get("nodeName"):
-            # Allocations never shrink while the VM exists (spec.qat is frozen once placed),
-            # so an older event arriving late can never free a VF early.
-            bdfs = tuple(d["pciAddress"] for d in status.get("devices") or ())
-            self.allocations[uid] = (status["nodeName"], bdfs)
-            self.pending.pop(uid, None)
-        elif body["metadata"].get("deletionTimestamp"):
-            self.pending.pop(uid, None)  # going away: never place it, even if it waited before
-        elif uid not in self.allocations:
-            self.pending[uid] = body
-
-    def observe_node(self, body: dict[str, Any], deleted: bool = False) -> None:
-        name = body["metadata"]["name"]
-        if deleted:
-            self.labels.pop(name, None)
-        else:
-            self.labels[name] = dict(body["metadata"].get("labels") or {})
-
-    def observe_inventory(self, body: dict[str, Any], deleted: bool = False) -> None:
-        name = body["metadata"]["name"]
-        status = body.get("status")
-        if deleted or not status:
-            self.inventories.pop(name, None)
-        else:
-            self.inventories[name] = QatNodeStatus.model_validate({"vfs": status.get("vfs") or []})
+CONCURRENCY = 32
+# The API server answered: the write did not happen.
+SURE_FAILURES = frozenset({400, 403, 404, 409, 422})
 
 
 class NotLeading(RuntimeError):
     pass
 
 
+def _age(body: dict[str, Any]) -> tuple[str, str]:
+    meta = body["metadata"]
+    return meta.get("creationTimestamp") or "", meta["uid"]
+
+
 class Scheduler:
     def __init__(
-        self, client: AsyncClient, strategy: Strategy = Strategy.PACK, leading: Callable[[], bool] = lambda: True
+        self,
+        client: AsyncClient,
+        strategy: Strategy = Strategy.PACK,
+        leading: Callable[[], bool] = lambda: True,
+        concurrency: int = CONCURRENCY,
     ) -> None:
         self.client = client
-        # Asked before every allocation: a controller that may have lost its lease writes nothing.
+        # Asked before every write: a controller that may have lost its lease writes nothing.
         self.leading = leading
         self.events = EventRecorder(client, "qatvm-controller")
         self.strategy = strategy
         self.picture = ClusterPicture()
         self.wake = asyncio.Event()
+        self.slots = asyncio.Semaphore(concurrency)
+        # uid -> (resourceVersion, never, epoch) of its last verdict: judged again only when one moves.
+        self.judged: dict[str, tuple[str, bool, int]] = {}
+        self.writing: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
-    # -- events in: each may free or add capacity, so each wakes the loop ----------------------
+    # -- events in -------------------------------------------------------------------------------
 
     def on_vm(self, body: dict[str, Any], deleted: bool) -> None:
         self.picture.observe_vm(body, deleted)
+        if deleted:
+            self.judged.pop(body["metadata"]["uid"], None)
         self.wake.set()
 
     def on_node(self, body: dict[str, Any], deleted: bool) -> None:
@@ -115,52 +87,116 @@ class Scheduler:
         self.picture.observe_inventory(body, deleted)
         self.wake.set()
 
-    # -- the loop ----------------------------------------------------------------------------
+    def on_namespace(self, body: dict[str, Any], deleted: bool) -> None:
+        self.picture.observe_namespace(body, deleted)
+        self.wake.set()
+
+    # -- the loop --------------------------------------------------------------------------------
 
     async def bootstrap(self) -> None:
-        """LIST everything once, before any decision; finish labels a crash left undone."""
+        """LIST everything once, before any decision."""
         async for node in self.client.list(Node):
             self.picture.observe_node(node.to_dict())
         async for inventory in self.client.list(QatNodeResource):
             self.picture.observe_inventory(inventory.to_dict())
+        async for namespace in self.client.list(Namespace):
+            self.picture.observe_namespace(namespace.to_dict())
         async for vm in self.client.list(QatVirtualMachineResource, namespace="*"):
-            body = vm.to_dict()
-            self.picture.observe_vm(body)
-            placed_on = (body.get("status") or {}).get("nodeName")
-            if placed_on and (body["metadata"].get("labels") or {}).get(NODE_LABEL) != placed_on:
-                await self._label(body, placed_on)
+            self.picture.observe_vm(vm.to_dict())
         self.wake.set()
 
     async def run(self) -> None:
         await _retrying(self.bootstrap, "listing the cluster")
-        while True:
-            await self.wake.wait()
-            self.wake.clear()
-            if not await _retrying(self.schedule_pending, "scheduling", attempts=1):
-                self.wake.set()
+        try:
+            while True:
+                await self.wake.wait()
+                self.wake.clear()
+                if not await _retrying(self.schedule_pending, "scheduling", attempts=1):
+                    self.wake.set()
+        finally:
+            for task in self._tasks:
+                task.cancel()
+
+    def _stamp(self, body: dict[str, Any], never: bool) -> tuple[str, bool, int]:
+        return body["metadata"]["resourceVersion"], never, self._epoch(never)
+
+    def _epoch(self, never: bool) -> int:
+        # A verdict of "never" depends only on the layout, not on what others hold.
+        return self.picture.layout_epoch if never else self.picture.epoch
+
+    def _due(self, uid: str) -> bool:
+        body = self.picture.pending.get(uid)
+        if body is None or uid in self.writing or uid in self.picture.reservations:
+            return False
+        judged = self.judged.get(uid)
+        if judged is None:
+            return True
+        version, never, epoch = judged
+        return version != body["metadata"]["resourceVersion"] or epoch != self._epoch(never)
 
     async def schedule_pending(self) -> None:
-        oldest_first = sorted(self.picture.pending.values(), key=lambda b: b["metadata"].get("creationTimestamp") or "")
-        for body in oldest_first:
-            if body["metadata"]["uid"] in self.picture.pending:
-                await self._schedule(body)
+        for uid in [uid for uid, _ in sorted(self.picture.pending.items(), key=lambda item: _age(item[1]))]:
+            if not self._due(uid):
+                continue
+            await self.slots.acquire()
+            if not self._due(uid):  # the picture moved while waiting for a slot
+                self.slots.release()
+                continue
+            if not self.leading():
+                self.slots.release()
+                raise NotLeading("the lease may have run out; not placing anything")
+            body = self.picture.pending[uid]
+            try:
+                self._judge(uid, body)
+            except Exception:  # noqa: BLE001 - one VM the controller cannot read must not stop the others
+                log.exception("cannot judge VM %s/%s", body["metadata"].get("namespace"), body["metadata"].get("name"))
+                self.judged[uid] = self._stamp(body, never=True)
+                self.slots.release()
 
-    async def _schedule(self, body: dict[str, Any]) -> None:
-        if not self.leading():
-            raise NotLeading("the lease may have run out; not placing anything")
+    def _judge(self, uid: str, body: dict[str, Any]) -> None:
+        """Decide for one VM now; start its write, or give the slot back when nothing is to be written."""
         vm = QatVirtualMachine.model_validate(body)
-        decision = place(vm.spec.qat, vm.spec.node_selector, self.picture.nodes(), self.picture.taken(), self.strategy)
+        decision = self.picture.decide(vm, self.strategy)
+        never = isinstance(decision, NoFit) and decision.never
+        self.judged[uid] = self._stamp(body, never)
+        if isinstance(decision, Placement):
+            self._start(uid, self._record(body, vm, decision))
+            return
+        update = self._no_fit_status(vm, decision)
+        if update is None:
+            self.slots.release()
+            return
+        self._start(uid, self._report_no_fit(body, vm, decision, update))
+
+    def _start(self, uid: str, write: Coroutine[Any, Any, None]) -> None:
+        self.writing.add(uid)
+        task = asyncio.create_task(self._write(uid, write), name=f"write {uid}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _write(self, uid: str, write: Coroutine[Any, Any, None]) -> None:
         try:
-            if isinstance(decision, Placement):
-                await self._record(body, vm, decision)
-            else:
-                await self._report_no_fit(body, vm, decision)
+            await write
         except ApiError as error:
-            if error.status.code in (404, 409):
-                # Changed or gone since this decision: its next event brings it back if needed.
-                self.picture.pending.pop(vm.metadata["uid"], None)
-                return
-            raise
+            if error.status.code in SURE_FAILURES:
+                self.picture.release(uid)
+            else:
+                self.picture.doubt(uid)
+            if error.status.code == 404:
+                self.picture.pending.pop(uid, None)
+            else:
+                log.info("writing to VM %s failed (%s); judging it again", uid, error.status.message)
+            self.judged.pop(uid, None)
+        except NotLeading:
+            self.picture.release(uid)
+            self.judged.pop(uid, None)
+        except Exception:  # noqa: BLE001 - the VM is judged again; the outcome may be unknown
+            log.exception("writing to VM %s failed; judging it again", uid)
+            self.picture.doubt(uid)
+            self.judged.pop(uid, None)
+        finally:
+            self.writing.discard(uid)
+            self.wake.set()
 
     async def _record(self, body: dict[str, Any], vm: QatVirtualMachine, placement: Placement) -> None:
         meta = vm.metadata
@@ -184,12 +220,17 @@ class Scheduler:
             "devices": [d.wire() for d in devices],
             "conditions": [c.wire() for c in conditions],
         }
-        self.picture.observe_vm(await self._patch_status(meta, status))
-        await self._label(body, placement.node)
+        try:
+            updated = await self._patch_status(meta, status)
+        finally:
+            self.slots.release()
+        self.picture.observe_vm(updated)
+        metrics.placed(meta["creationTimestamp"])
         await self.events.post(body, "Normal", "Scheduled", summary)
         log.info("placed %s/%s: %s", meta["namespace"], meta["name"], summary)
 
-    async def _report_no_fit(self, body: dict[str, Any], vm: QatVirtualMachine, no_fit: NoFit) -> None:
+    def _no_fit_status(self, vm: QatVirtualMachine, no_fit: NoFit) -> dict[str, Any] | None:
+        """The status a VM that cannot be placed should have; None when it has it already."""
         generation = vm.metadata.get("generation")
         conditions = cond.set_condition(vm.status.conditions, cond.SCHEDULED, "False", no_fit.reason, no_fit.message, generation)
         conditions = cond.set_condition(conditions, cond.READY, "False", no_fit.reason, "not scheduled", generation)
@@ -200,25 +241,27 @@ class Scheduler:
             conditions = cond.set_condition(conditions, cond.RECONCILING, "True", "Pending", "waiting for free VFs", generation)
             conditions = cond.remove_condition(conditions, cond.STALLED)
         if vm.status.phase is Phase.PENDING and cond.same(vm.status.conditions, conditions):
-            return
-        updated = await self._patch_status(vm.metadata, {"phase": Phase.PENDING.value, "conditions": [c.wire() for c in conditions]})
-        # Keep the written version, so the next pass compares against what is stored.
+            return None
+        return {"phase": Phase.PENDING.value, "conditions": [c.wire() for c in conditions]}
+
+    async def _report_no_fit(self, body: dict[str, Any], vm: QatVirtualMachine, no_fit: NoFit, status: dict[str, Any]) -> None:
+        try:
+            updated = await self._patch_status(vm.metadata, status)
+        finally:
+            self.slots.release()
+        # Keep the written version, so the next verdict is compared with what is stored.
         self.picture.observe_vm(updated)
+        self.judged[vm.metadata["uid"]] = self._stamp(updated, no_fit.never)
         await self.events.post(body, "Warning", "FailedScheduling", no_fit.message)
 
     async def _patch_status(self, meta: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
+        if not self.leading():
+            raise NotLeading("the lease may have run out; not writing")
         patch = {"metadata": {"resourceVersion": meta["resourceVersion"]}, "status": status}
         updated = await self.client.patch(
             QatVirtualMachineResource.Status, meta["name"], patch, namespace=meta["namespace"], patch_type=PatchType.MERGE
         )
         return updated.to_dict()  # type: ignore[no-any-return]
-
-    async def _label(self, body: dict[str, Any], node: str) -> None:
-        meta = body["metadata"]
-        await self.client.patch(
-            QatVirtualMachineResource, meta["name"], {"metadata": {"labels": {NODE_LABEL: node}}},
-            namespace=meta["namespace"], patch_type=PatchType.MERGE,
-        )
 
 
 async def _retrying(step: Callable[[], Any], what: str, attempts: int | None = None) -> bool:
@@ -230,8 +273,9 @@ async def _retrying(step: Callable[[], Any], what: str, attempts: int | None = N
             return True
         except asyncio.CancelledError:
             raise
-        except Exception:  # noqa: BLE001 - logged in full, then retried
+        except Exception as error:  # noqa: BLE001 - logged in full, then retried
             log.exception("%s failed; retrying", what)
+            metrics.reconcile_error("controller", error)
             tried += 1
             await asyncio.sleep(1.0)
             if attempts is not None and tried >= attempts:

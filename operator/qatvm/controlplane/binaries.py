@@ -31,6 +31,7 @@ KUBE_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kubectl")
 NODE_COMMANDS = ("kubelet", "kube-scheduler")
 KUBE_MODULE = "k8s.io/kubernetes"
 ETCD_MODULE = "go.etcd.io/etcd/server/v3"
+KSTATUS_MODULE = "sigs.k8s.io/cli-utils"
 
 Progress = Callable[[str], None]
 BUILD_RECORD = "build.json"
@@ -107,21 +108,33 @@ def node_bundle() -> Bundle:
     return _kubernetes("kubernetes-node", NODE_COMMANDS)
 
 
-def etcd_bundle() -> Bundle:
-    module_dir = project_root() / "tools" / "etcd"
+def _wrapper_bundle(name: str, module: str) -> Bundle:
+    """One command built from the wrapper module `tools/NAME` itself, at the version it requires of `module`."""
+    module_dir = project_root() / "tools" / name
     return Bundle(
-        name="etcd",
+        name=name,
         module_dir=module_dir,
-        version=required_version(module_dir / "go.mod", ETCD_MODULE),
-        commands=("etcd",),
+        version=required_version(module_dir / "go.mod", module),
+        commands=(name,),
         packages=(".",),
         ldflags=(),
     )
 
 
+def etcd_bundle() -> Bundle:
+    return _wrapper_bundle("etcd", ETCD_MODULE)
+
+
+def kstatus_bundle() -> Bundle:
+    """The kstatus reader the tests check conditions with; not part of the control plane."""
+    return _wrapper_bundle("kstatus", KSTATUS_MODULE)
+
+
 def bundles(kubelet: bool = False) -> tuple[Bundle, ...]:
-    """The control plane's bundles, and with `kubelet` also what real nodes run."""
-    return (etcd_bundle(), kubernetes_bundle(), *((node_bundle(),) if kubelet else ()))
+    """The control plane's bundles and kstatus, and with `kubelet` also what real nodes run."""
+    # kstatus after kubernetes: it shares k8s.io/apimachinery's version, so it reuses those
+    # compiled packages from Go's build cache.
+    return (etcd_bundle(), kubernetes_bundle(), kstatus_bundle(), *((node_bundle(),) if kubelet else ()))
 
 
 def binary(command: str) -> Path:
@@ -241,7 +254,7 @@ def ensure_built(progress: Progress | None = None, kubelet: bool = False) -> Non
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="qatvm build",
-        description="Build etcd, kube-apiserver, kube-controller-manager and kubectl into the cache.",
+        description="Build etcd, kube-apiserver, kube-controller-manager, kubectl and kstatus into the cache.",
     )
     parser.add_argument("--print-dir", action="store_true", help="print the cache folders and exit")
     parser.add_argument(

@@ -23,7 +23,8 @@ from qatvm.controlplane.certs import SERVICE_CIDR, KeyPair, Pki, client_pair, en
 from qatvm.controlplane.kubeconfig import write_kubeconfig
 from qatvm.processes import ManagedProcess, free_port
 
-KCM_CONTROLLERS = "garbage-collector-controller,namespace-controller,serviceaccount-controller"
+# clusterrole-aggregation fills the built-in view/edit/admin roles, which tenants are bound to.
+KCM_CONTROLLERS = "garbage-collector-controller,namespace-controller,serviceaccount-controller,clusterrole-aggregation-controller"
 # What real nodes need as well: Deployments, DaemonSets and their pods, the CA bundle every
 # pod's projected token volume holds, and nodes marked NotReady when their kubelet stops.
 NODE_CONTROLLERS = (

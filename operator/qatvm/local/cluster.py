@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -27,7 +28,7 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def up(state_dir: Path, nodes: int, hardware: Path | None, kubelet: bool = False) -> int:
+def up(state_dir: Path, nodes: int, hardware: Path | None, kubelet: bool = False, monitoring: bool = False) -> int:
     state = ClusterState.load(state_dir)
     if state and state.running():
         _say(f"the local cluster in {state_dir} is already running (supervisor pid {state.supervisor_pid})")
@@ -42,6 +43,8 @@ def up(state_dir: Path, nodes: int, hardware: Path | None, kubelet: bool = False
     if kubelet:
         for image in (pause_archive(), qatvm_archive()):
             profile += ["--kubelet-image", image]
+    if monitoring:
+        profile.append("--monitoring")
     supervisor = ManagedProcess(
         "supervisor",
         [sys.executable, "-m", "qatvm.local.supervisor", "--state-dir", state_dir, "--nodes", nodes, *profile],
@@ -106,20 +109,43 @@ def down(state_dir: Path, purge: bool) -> int:
     return 0
 
 
-def status(state_dir: Path) -> int:
+def status(state_dir: Path, output: str = "text") -> int:
     state = ClusterState.load(state_dir)
     if state is None or not state.running():
-        print(f"stopped (state dir {state_dir})")
+        if output == "json":
+            print(json.dumps({"running": False, "stateDir": str(state_dir)}))
+        else:
+            print(f"stopped (state dir {state_dir})")
         return 3
+    if output == "json":
+        print(json.dumps(_status_document(state_dir, state), indent=2))
+        return 0
     print(f"supervisor  pid {state.supervisor_pid}  {'ready' if state.ready else 'starting'}")
     for name, pid in state.components.items():
         print(f"{name:<24} pid {pid:<8} {'running' if pid_alive(pid) else 'EXITED'}")
     if state.server:
         print(f"api server  {state.server}  readyz: {_readyz(state_dir, state.server)}")
     print(f"nodes       {' '.join(state.nodes)}")
+    if state.prometheus:
+        print(f"prometheus  {state.prometheus}")
     if state.ready:
         print(state.exports())
     return 0
+
+
+def _status_document(state_dir: Path, state: ClusterState) -> dict[str, object]:
+    return {
+        "running": True,
+        "stateDir": str(state_dir),
+        "ready": state.ready,
+        "supervisorPid": state.supervisor_pid,
+        "components": {name: {"pid": pid, "running": pid_alive(pid)} for name, pid in state.components.items()},
+        "server": state.server,
+        "readyz": _readyz(state_dir, state.server) if state.server else None,
+        "kubeconfig": state.kubeconfig,
+        "nodes": state.nodes,
+        "prometheus": state.prometheus,
+    }
 
 
 def _readyz(state_dir: Path, server: str) -> str:
@@ -160,16 +186,25 @@ def main(argv: list[str] | None = None) -> int:
                 help="hardware profile (YAML) for each simulated node; default: two 4xxx PFs, "
                 "8 VFs each, on NUMA nodes 0 (sym;asym) and 1 (dc); see `qatvm hardware --print-default-profile`",
             )
+            sub.add_argument(
+                "--monitoring", action="store_true",
+                help="also run Prometheus (Debian's `prometheus`) on loopback, scraping the controller and every agent",
+            )
         if name == "down":
             sub.add_argument("--purge", action="store_true", help="also delete the state dir")
+        if name == "status":
+            sub.add_argument("--output", "-o", choices=["text", "json"], default="text")
     args = parser.parse_args(argv)
+    if args.command == "up" and args.kubelet and args.monitoring:
+        parser.error("--monitoring scrapes operators that listen on this machine's loopback, and with --kubelet they "
+                     "run as pods inside the nodes' own networks: use one of the two")
     state_dir = args.state_dir.resolve()
     try:
         if args.command == "up":
-            return up(state_dir, args.nodes, args.hardware, args.kubelet)
+            return up(state_dir, args.nodes, args.hardware, args.kubelet, args.monitoring)
         if args.command == "down":
             return down(state_dir, args.purge)
-        return status(state_dir)
+        return status(state_dir, args.output)
     except (BuildError, ImageError) as error:
         _say(f"qatvm local: {error}")
         return 1

@@ -23,8 +23,10 @@ NAMESPACE = "qatvm-system"
 CONTROLLER_SA = "qatvm-controller"
 AGENT_SA = "qatvm-agent"
 TOKEN_SECONDS = 7 * 24 * 3600
-# The manifests that grant rights; the Deployment and DaemonSet are for real clusters only.
-RBAC_MANIFESTS = ("namespace.yaml", "controller-rbac.yaml", "agent-rbac.yaml", "agent-policy.yaml")
+# The manifests that grant and limit rights (tenant roles included); the Deployment and DaemonSet are for real clusters only.
+RBAC_MANIFESTS = (
+    "namespace.yaml", "controller-rbac.yaml", "agent-rbac.yaml", "agent-policy.yaml", "vm-policy.yaml", "tenant-roles.yaml",
+)
 
 
 def apply_rbac(kube: Client) -> None:

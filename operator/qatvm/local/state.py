@@ -27,6 +27,8 @@ class ClusterState(BaseModel):
     server: str | None = None
     kubeconfig: str | None = None
     kubectl_dir: str | None = None
+    # The URL of Prometheus when started with --monitoring.
+    prometheus: str | None = None
     nodes: list[str] = Field(default_factory=list)
     components: dict[str, int] = Field(default_factory=dict)
     startup_seconds: float | None = None

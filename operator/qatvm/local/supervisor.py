@@ -26,13 +26,15 @@ from qatvm.hardware import DEFAULT_PROFILE, HardwareProfile, load_profile
 from qatvm.kube import QatNodeResource, apply_crds, client
 from qatvm.local.credentials import AGENT_SA, CONTROLLER_SA, NAMESPACE, apply_rbac, service_account_kubeconfig
 from qatvm.local.kubelet_cluster import KubeletCluster
+from qatvm.local.monitoring import Prometheus, Target
 from qatvm.local.nodes import SimulatedNode
 from qatvm.local.state import ClusterState
-from qatvm.processes import ManagedProcess
+from qatvm.processes import ManagedProcess, free_port, wait_until
 from qatvm.testing.kubectl import Kubectl
 
 SIMULATED_LABEL = "qatvm.io/simulated"
 INVENTORY_TIMEOUT = 60.0
+PROMETHEUS_TIMEOUT = 60.0
 RESTART_BACKOFF = 1.0
 
 
@@ -54,11 +56,23 @@ def register_nodes(kube: Client, names: list[str]) -> None:
 
 class Supervisor:
     def __init__(
-        self, state_dir: Path, nodes: int, profile: HardwareProfile, kubelet_images: list[Path] | None = None
+        self,
+        state_dir: Path,
+        nodes: int,
+        profile: HardwareProfile,
+        kubelet_images: list[Path] | None = None,
+        monitoring: bool = False,
     ) -> None:
         self.state_dir = state_dir
         self.nodes = [SimulatedNode(name, state_dir / "nodes" / name) for name in node_names(nodes)]
         self.profile = profile
+        # Each component's metrics port is fixed for the cluster's life, so a restarted
+        # component is scraped where Prometheus already looks.
+        self.prometheus = (
+            Prometheus(state_dir, Target("controller", free_port()), [Target("agent", free_port()) for _ in self.nodes])
+            if monitoring
+            else None
+        )
         # The audit log (DIR/audit.log) lets anyone count what the operator writes.
         self.control_plane = ControlPlane(state_dir, audit=True, nodes=kubelet_images is not None)
         # With images to load, the nodes are real kubelets running the shipped manifests.
@@ -84,6 +98,7 @@ class Supervisor:
                 apply_rbac(kube)
                 self._start_operators(kube, endpoints)
                 self._wait_for_inventories(kube)
+                self._wait_for_prometheus()
         except Exception as error:  # the reason goes to `local up`, which prints it
             self.state.error = f"{type(error).__name__}: {error}"
             self.state.save(self.state_dir)
@@ -93,6 +108,7 @@ class Supervisor:
         self.state.server = endpoints.server
         self.state.kubeconfig = str(endpoints.kubeconfig)
         self.state.kubectl_dir = str(endpoints.kubectl.parent)
+        self.state.prometheus = self.prometheus.url if self.prometheus else None
         self.state.startup_seconds = round(time.monotonic() - started, 2)
         self._record_pids()
         print(f"local cluster ready in {self.state.startup_seconds}s at {endpoints.server}", flush=True)
@@ -106,27 +122,34 @@ class Supervisor:
     def _start_operators(self, kube: Client, endpoints: Endpoints) -> None:
         python = [sys.executable, "-m", "qatvm"]
         logs = self.state_dir / "logs"
+        monitored = self.prometheus
         for node in self.nodes:
             node.prepare(self.profile)
         controller_config = self._write_operator_kubeconfigs(kube, endpoints)
         self.operators.append(
             ManagedProcess(
                 "controller",
-                [*python, "controller", "--kubeconfig", controller_config, "--lease-namespace", NAMESPACE],
+                [
+                    *python, "controller", "--kubeconfig", controller_config, "--lease-namespace", NAMESPACE,
+                    *(_metrics_args(monitored.controller) if monitored else []),
+                ],
                 logs / "controller.log",
             )
         )
-        for node in self.nodes:
+        for index, node in enumerate(self.nodes):
             self.operators.append(
                 ManagedProcess(
                     f"agent-{node.name}",
                     [
                         *python, "agent", "--node", node.name, "--kubeconfig", node.kubeconfig,
                         "--host-root", node.root, "--libvirt-uri", node.libvirt_uri, "--scan-seconds", "2",
+                        *(_metrics_args(monitored.agents[index]) if monitored else []),
                     ],
                     logs / f"agent-{node.name}.log",
                 )
             )
+        if monitored:
+            self.operators.append(monitored.process(logs))
         for process in self.operators:
             process.start()
 
@@ -150,6 +173,16 @@ class Supervisor:
         return service_account_kubeconfig(
             kube, self.state_dir / "controller.kubeconfig", endpoints.server, self.control_plane.ca_file, CONTROLLER_SA
         )
+
+    def _wait_for_prometheus(self) -> None:
+        prometheus = self.prometheus
+        if prometheus is None:
+            return
+        process = self.operators[-1]
+        if not wait_until(lambda: prometheus.ready() or not process.alive(), PROMETHEUS_TIMEOUT):
+            raise TimeoutError(f"Prometheus was not ready after {PROMETHEUS_TIMEOUT:.0f}s:\n{process.log_tail()}")
+        if not process.alive():
+            raise RuntimeError(f"Prometheus exited during start-up:\n{process.log_tail()}")
 
     def _wait_for_inventories(self, kube: Client) -> None:
         """Ready means usable: every agent has published its node's VFs."""
@@ -203,6 +236,10 @@ class Supervisor:
         self.control_plane.stop()
 
 
+def _metrics_args(target: Target) -> list[str | int]:
+    return ["--metrics-port", target.port, "--metrics-address", "127.0.0.1"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="qatvm local supervise")
     parser.add_argument("--state-dir", type=Path, required=True)
@@ -211,9 +248,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--kubelet-image", type=Path, action="append", help="real nodes: an OCI archive each node loads (repeat)"
     )
+    parser.add_argument("--monitoring", action="store_true", help="also run Prometheus, scraping every component")
     args = parser.parse_args(argv)
     profile = load_profile(args.hardware) if args.hardware else DEFAULT_PROFILE
-    supervisor = Supervisor(args.state_dir, args.nodes, profile, args.kubelet_image)
+    supervisor = Supervisor(args.state_dir, args.nodes, profile, args.kubelet_image, monitoring=args.monitoring)
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, lambda *_: supervisor.stopping.set())
     return supervisor.run()

@@ -1,7 +1,9 @@
 """Move a VF to vfio-pci and back, following the recipe in anchors.md, on any `Sysfs`.
 
 The driver a VF had before its first bind is written to a small record under `state_dir`
-before anything is unbound, and `release` restores exactly that driver. The record is
+before anything is unbound, and `release` restores exactly that driver. The record also names
+the VM it was bound for (namespace, name, UID): a VF recorded for one VM is never bound for
+another, and a VM's removal gives back only the VFs recorded for its UID. The record is
 needed because the kernel cannot be asked for it: gen4+ VFs have no in-tree driver, so a
 VF may have had none, or a driver that only binds through driver_override (qat_vfio_pci),
 which `drivers_probe` would never pick again. Without a record (state lost), `release`
@@ -16,6 +18,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from qatvm.api.base import ObjectRef
 from qatvm.node.devices import BY_PF_DEVICE, BY_VF_DEVICE, VFIO_DENYLIST_PARAM, VFIO_PCI, vfio_denylisted
 from qatvm.node.sysfs import Sysfs
 
@@ -69,6 +72,18 @@ class BindFailedError(BindingError):
     """The kernel refused for a reason sysfs does not show, or the driver link did not follow."""
 
 
+class HeldByAnotherError(BindingError):
+    """The VF is recorded as bound for another VM, which has not given it back yet."""
+
+    def __init__(self, address: str, holder: ObjectRef) -> None:
+        super().__init__(
+            address,
+            f"still held by VM {holder.namespace}/{holder.name} (uid {holder.uid}); it is bound for "
+            "another VM only once that VM's domain is gone and the VF is back with its host driver",
+        )
+        self.holder = holder
+
+
 def vfio_blocker(sysfs: Sysfs, address: str) -> BindingError | None:
     """Why vfio-pci would refuse this device right now, or None if nothing visible stops it."""
     dev = f"bus/pci/devices/{address}"
@@ -89,6 +104,9 @@ def vfio_blocker(sysfs: Sysfs, address: str) -> BindingError | None:
 class BindingRecord(BaseModel):
     address: str
     previous_driver: str | None
+    # The VM the VF was bound for; None for a bind made outside a VM (a tool, a test) and for
+    # records written before owners were recorded.
+    owner: ObjectRef | None = None
 
 
 class VfBinder:
@@ -96,21 +114,26 @@ class VfBinder:
         self.sysfs = sysfs
         self.state_dir = state_dir
 
-    def bind_to_vfio(self, address: str) -> None:
-        """Leave the device bound to vfio-pci with driver_override cleared; idempotent."""
+    def bind_to_vfio(self, address: str, owner: ObjectRef | None = None) -> None:
+        """Leave the device bound to vfio-pci for `owner` with driver_override cleared; idempotent.
+        Refuses a VF recorded for another VM (HeldByAnotherError) before touching anything."""
+        record = self._load(address)
+        if record is not None and record.owner is not None and owner is not None and record.owner.uid != owner.uid:
+            raise HeldByAnotherError(address, record.owner)
         current = self._driver(address)
+        if current != VFIO_PCI:
+            blocker = vfio_blocker(self.sysfs, address)
+            if blocker is not None:
+                raise blocker
+        # An existing record is older than this attempt and names the true original driver;
+        # one bound before we ever touched it (an admin pre-bound it) is left there by release.
+        if record is None:
+            self._save(BindingRecord(address=address, previous_driver=current, owner=owner))
+        elif record.owner is None and owner is not None:
+            self._save(record.model_copy(update={"owner": owner}))
         if current == VFIO_PCI:
-            # Bound before we ever touched it (an admin pre-bound it): release leaves it there.
-            if self._load(address) is None:
-                self._save(BindingRecord(address=address, previous_driver=VFIO_PCI))
             self._clear_override(address)
             return
-        blocker = vfio_blocker(self.sysfs, address)
-        if blocker is not None:
-            raise blocker
-        # An existing record is older than this attempt and names the true original driver.
-        if self._load(address) is None:
-            self._save(BindingRecord(address=address, previous_driver=current))
         try:
             if current is not None:
                 self._write(address, f"bus/pci/drivers/{current}/unbind", address)
@@ -122,9 +145,12 @@ class VfBinder:
             raise
         self._clear_override(address)
 
-    def release(self, address: str) -> None:
-        """Give the device back to the driver it had before `bind_to_vfio`; idempotent."""
+    def release(self, address: str, owner_uid: str | None = None) -> None:
+        """Give the device back to the driver it had before `bind_to_vfio`; idempotent. With
+        `owner_uid`, only a VF recorded for that VM is given back; any other is left alone."""
         record = self._load(address)
+        if owner_uid is not None and (record is None or record.owner is None or record.owner.uid != owner_uid):
+            return
         if not self.sysfs.exists(f"bus/pci/devices/{address}"):
             self._forget(address)  # nothing left to give back
             return
@@ -153,9 +179,22 @@ class VfBinder:
         self._forget(address)
 
     def held(self) -> list[str]:
-        """Addresses bound by qatvm and not given back yet, from the records on disk: after a
-        crash, the agent compares them with its VMs to find VFs left on vfio-pci with no owner."""
-        return sorted(path.name.removesuffix(".json") for path in self.state_dir.glob("*.json"))
+        """Addresses bound by qatvm and not given back yet, from the records on disk."""
+        return [record.address for record in self.records()]
+
+    def records(self) -> list[BindingRecord]:
+        """Every VF bound by qatvm and not given back yet, with the VM it was bound for: the
+        agent checks these owners against the API to find VFs whose VM is gone."""
+        found = []
+        for path in sorted(self.state_dir.glob("*.json")):
+            try:
+                found.append(BindingRecord.model_validate_json(path.read_text()))
+            except FileNotFoundError:
+                continue  # given back while we were listing
+        return found
+
+    def held_by(self, uid: str) -> list[str]:
+        return [record.address for record in self.records() if record.owner is not None and record.owner.uid == uid]
 
     # --- steps -------------------------------------------------------------------------
 

@@ -70,13 +70,13 @@ class ClusterStartError(RuntimeError):
 
 
 @contextmanager
-def local_cluster(state_dir: Path, nodes: int, kubelet: bool = False) -> Iterator[E2eCluster]:
+def local_cluster(state_dir: Path, nodes: int, kubelet: bool = False, monitoring: bool = False) -> Iterator[E2eCluster]:
     """`qatvm local up` in `state_dir` for the duration of the block, then `down`; with
     `kubelet`, on real nodes (building kubelet and the image first if they are not cached)."""
     qatvm = [sys.executable, "-m", "qatvm", "local"]
-    mode = ["--kubelet"] if kubelet else []
+    flags = [*(["--kubelet"] if kubelet else []), *(["--monitoring"] if monitoring else [])]
     up = subprocess.run(
-        [*qatvm, "up", "--nodes", str(nodes), "--state-dir", str(state_dir), *mode],
+        [*qatvm, "up", "--nodes", str(nodes), "--state-dir", str(state_dir), *flags],
         capture_output=True, text=True, timeout=1800 if kubelet else 300,
     )
     if up.returncode != 0:

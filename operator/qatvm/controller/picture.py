@@ -1,0 +1,245 @@
+"""What the controller knows of the cluster, kept from watch events, and what it has promised.
+
+A VF is free when its node exists, its QatNode lists it healthy and assignable and held by no
+VM (`allocatedTo`: the node's word that it has given the VF back), no VM that exists has it in
+its status, and no decision whose write is still under way has reserved it. Every event changes
+only the VFs it touches, in the index of free VFs, so no decision rebuilds anything.
+
+Reservations make decisions without waiting for writes safe: the VFs of a decision are taken at
+once, before its write is sent. A write that surely failed (the API server answered) gives them
+back; one whose outcome is unknown (a timeout, a dropped connection) keeps them until the VM's
+next version shows whether the write landed.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from qatvm.api.qatnode import QatNodeStatus, QatVf
+from qatvm.api.vm import QatVirtualMachine
+from qatvm.controller.index import FreeVfIndex
+from qatvm.controller.placement import NodeInventory, NoFit, Placement, Strategy, explain
+from qatvm.controller.quota import over_quota, quota_of
+
+
+@dataclass(frozen=True)
+class Holding:
+    namespace: str
+    node: str
+    addresses: tuple[str, ...]
+
+
+@dataclass
+class Reservation:
+    holding: Holding
+    # The VM's resourceVersion the write is conditional on.
+    version: str
+    doubtful: bool = False
+
+
+def _capacity_view(vf: QatVf) -> tuple[object, ...]:
+    # What `explain` reads of a VF: a change here may change a waiting VM's verdict.
+    return (vf.pci_address, vf.healthy, vf.assignable, vf.generation, tuple(vf.services or ()), vf.numa_node)
+
+
+class ClusterPicture:
+    def __init__(self) -> None:
+        self.labels: dict[str, dict[str, str]] = {}
+        self.inventories: dict[str, dict[str, QatVf]] = {}
+        # uid -> what the VM's status says it holds; dropped only when the VM is gone.
+        self.allocations: dict[str, Holding] = {}
+        self.reservations: dict[str, Reservation] = {}
+        self.pending: dict[str, dict[str, Any]] = {}
+        self.quotas: dict[str, int] = {}
+        self.index = FreeVfIndex()
+        self._holders: dict[tuple[str, str], set[str]] = {}
+        self._held_in: Counter[str] = Counter()
+        # Bumped when capacity may have grown (a VF freed, a node added, a quota raised), so a
+        # waiting VM is judged again only then.
+        self.epoch = 0
+        # Bumped when what a verdict's message says may have changed (inventories, nodes, quotas).
+        self.layout_epoch = 0
+
+    # -- events ----------------------------------------------------------------------------------
+
+    def observe_vm(self, body: dict[str, Any], deleted: bool = False) -> None:
+        meta = body["metadata"]
+        uid = meta["uid"]
+        if deleted:
+            self.pending.pop(uid, None)
+            self._hold(uid, None)
+            self._drop_reservation(uid)
+            return
+        status = body.get("status") or {}
+        if status.get("nodeName"):
+            # Allocations never change while the VM exists (spec.qat is frozen once placed), so an
+            # older event arriving late can never free a VF early.
+            addresses = tuple(d["pciAddress"] for d in status.get("devices") or ())
+            holding = Holding(meta["namespace"], status["nodeName"], addresses)
+            reservation = self.reservations.pop(uid, None)
+            if reservation and reservation.holding == holding and uid not in self.allocations:
+                self.allocations[uid] = holding  # the reserved VFs, now on record
+            else:
+                if reservation:
+                    self._give(uid, reservation.holding)
+                self._hold(uid, holding)
+            self.pending.pop(uid, None)
+            return
+        reservation = self.reservations.get(uid)
+        if reservation and reservation.doubtful and meta.get("resourceVersion") != reservation.version:
+            # The version right after the one written on has no placement: the write never landed.
+            self._drop_reservation(uid)
+        if meta.get("deletionTimestamp"):
+            self.pending.pop(uid, None)  # going away: never place it, even if it waited before
+        elif uid not in self.allocations:
+            self.pending[uid] = body
+
+    def observe_node(self, body: dict[str, Any], deleted: bool = False) -> None:
+        name = body["metadata"]["name"]
+        existed = name in self.labels
+        if deleted:
+            self.labels.pop(name, None)
+        else:
+            labels = dict(body["metadata"].get("labels") or {})
+            if existed and self.labels[name] == labels:
+                return
+            self.labels[name] = labels
+        self._changed_layout()
+        if existed != (not deleted):
+            for address in self.inventories.get(name, {}):
+                self._refresh(name, address)
+
+    def observe_inventory(self, body: dict[str, Any], deleted: bool = False) -> None:
+        name = body["metadata"]["name"]
+        status = body.get("status")
+        before = self.inventories.get(name, {})
+        after = {} if deleted or not status else {
+            vf.pci_address: vf for vf in QatNodeStatus.model_validate({"vfs": status.get("vfs") or []}).vfs
+        }
+        if after:
+            self.inventories[name] = after
+        else:
+            self.inventories.pop(name, None)
+        if sorted(map(_capacity_view, before.values())) != sorted(map(_capacity_view, after.values())):
+            self._changed_layout()
+        for address in before.keys() | after.keys():
+            self._refresh(name, address)
+
+    def observe_namespace(self, body: dict[str, Any], deleted: bool = False) -> None:
+        name = body["metadata"]["name"]
+        limit = None if deleted else quota_of(body)
+        if self.quotas.get(name) == limit:
+            return
+        if limit is None:
+            self.quotas.pop(name, None)
+        else:
+            self.quotas[name] = limit
+        self._changed_layout()
+
+    # -- decisions -------------------------------------------------------------------------------
+
+    def decide(self, vm: QatVirtualMachine, strategy: Strategy) -> Placement | NoFit:
+        """Place one VM in the picture: on a Placement its VFs are reserved at once."""
+        request = vm.spec.qat
+        namespace = vm.metadata["namespace"]
+        refused = over_quota(namespace, self.quotas.get(namespace), self._held_in[namespace], request.count)
+        if refused:
+            return refused
+        placement = self.index.pick(request, vm.spec.node_selector, self._labels_of, strategy)
+        if placement is None:
+            return explain(request, vm.spec.node_selector, self.nodes())
+        holding = Holding(namespace, placement.node, tuple(vf.pci_address for vf in placement.vfs))
+        self.reservations[vm.metadata["uid"]] = Reservation(holding, vm.metadata["resourceVersion"])
+        self._take(vm.metadata["uid"], holding)
+        return placement
+
+    def release(self, uid: str) -> None:
+        """The write of this VM's placement surely failed: its VFs are free again."""
+        self._drop_reservation(uid)
+
+    def doubt(self, uid: str) -> None:
+        """Whether the write landed is unknown: keep the VFs until the VM's next version says."""
+        reservation = self.reservations.get(uid)
+        if reservation:
+            reservation.doubtful = True
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def nodes(self) -> list[NodeInventory]:
+        # Only nodes with both a Node object and an inventory can take VMs.
+        return [
+            NodeInventory(name=name, labels=self.labels[name], vfs=tuple(vfs.values()))
+            for name, vfs in self.inventories.items()
+            if name in self.labels
+        ]
+
+    def taken(self) -> set[tuple[str, str]]:
+        return set(self._holders)
+
+    def held_in(self, namespace: str) -> int:
+        return self._held_in[namespace]
+
+    def holdings(self) -> Iterator[tuple[str, Holding]]:
+        yield from self.allocations.items()
+        yield from ((uid, r.holding) for uid, r in self.reservations.items())
+
+    # -- bookkeeping -----------------------------------------------------------------------------
+
+    def _labels_of(self, node: str) -> dict[str, str]:
+        return self.labels.get(node, {})
+
+    def _changed_layout(self) -> None:
+        self.layout_epoch += 1
+        self.epoch += 1
+
+    def _hold(self, uid: str, holding: Holding | None) -> None:
+        if holding is not None and self.allocations.get(uid) == holding:
+            return
+        previous = self.allocations.pop(uid, None)
+        if previous:
+            self._give(uid, previous)
+        if holding:
+            self.allocations[uid] = holding
+            self._take(uid, holding)
+
+    def _drop_reservation(self, uid: str) -> None:
+        reservation = self.reservations.pop(uid, None)
+        if reservation:
+            self._give(uid, reservation.holding)
+
+    def _take(self, uid: str, holding: Holding) -> None:
+        self._held_in[holding.namespace] += len(holding.addresses)
+        for address in holding.addresses:
+            self._holders.setdefault((holding.node, address), set()).add(uid)
+            self.index.discard(holding.node, address)
+
+    def _give(self, uid: str, holding: Holding) -> None:
+        self._held_in[holding.namespace] -= len(holding.addresses)
+        if self._held_in[holding.namespace] <= 0:
+            del self._held_in[holding.namespace]
+        for address in holding.addresses:
+            holders = self._holders.get((holding.node, address))
+            if holders is not None:
+                holders.discard(uid)
+                if not holders:
+                    del self._holders[(holding.node, address)]
+            self._refresh(holding.node, address)
+        self.epoch += 1
+
+    def _refresh(self, node: str, address: str) -> None:
+        vf = self.inventories.get(node, {}).get(address)
+        free = (
+            vf is not None and vf.healthy and vf.assignable and vf.allocated_to is None
+            and node in self.labels and (node, address) not in self._holders
+        )
+        if free and vf is not None:
+            if (node, address) not in self.index:
+                self.index.add(node, vf)
+                self.epoch += 1
+            elif self.index.free[node][address] != vf:
+                self.index.add(node, vf)
+        else:
+            self.index.discard(node, address)
