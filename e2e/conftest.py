@@ -2,7 +2,9 @@
 
 Set QATVM_E2E_KUBECONFIG to run against an existing cluster (kind, a real one): the checks that
 look inside a node then skip, saying so. Otherwise each session starts its own `qatvm local up`
-in a temporary folder and stops it at the end.
+in a temporary folder and stops it at the end; with QATVM_E2E_KUBELET=1 it is
+`qatvm local up --kubelet`: the operator runs as pods of the shipped manifests on real kubelets,
+and the tests marked `kubelet` (which act on those pods) run too.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from qatvm.testing.cluster import E2eCluster, LocalNodes, local_cluster
+from qatvm.testing.cluster import KUBELET_ENV, E2eCluster, LocalNodes, local_cluster
 from qatvm.testing.installed import require_commands
 from qatvm.testing.kubectl import Kubectl
 
@@ -26,8 +28,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2eCluster]:
         kubectl_binary = Path(os.environ.get("QATVM_E2E_KUBECTL", "kubectl"))
         yield E2eCluster(Kubectl(kubectl_binary, Path(external)), local=None)
         return
-    with local_cluster(tmp_path_factory.mktemp("e2e") / "cluster", nodes=2) as cluster:
+    with local_cluster(tmp_path_factory.mktemp("e2e") / "cluster", nodes=2, kubelet=KUBELET_MODE) as cluster:
         yield cluster
+
+
+KUBELET_MODE = os.environ.get(KUBELET_ENV) == "1"
 
 
 @pytest.fixture

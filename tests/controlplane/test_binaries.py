@@ -64,3 +64,14 @@ def test_an_unbuilt_cache_without_go_names_the_toolchain(tmp_path: Path) -> None
     built = subprocess.run([sys.executable, "-m", "qatvm", "build"], capture_output=True, text=True, timeout=60, env=env)
     assert built.returncode == 1
     assert "the Go toolchain is not on PATH" in built.stderr
+def test_node_binaries_are_built_only_when_asked_for(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QATVM_CACHE_DIR", str(tmp_path))
+    with pytest.raises(BuildError, match=r"kubelet v1\.37\.\d+ is not built yet: run `qatvm build --kubelet`"):
+        binary("kubelet")
+    env = {**os.environ, "QATVM_CACHE_DIR": str(tmp_path)}
+    listed = subprocess.run(
+        [sys.executable, "-m", "qatvm", "build", "--print-dir", "--kubelet"], capture_output=True, text=True, timeout=60, env=env
+    )
+    names = [Path(line).name for line in listed.stdout.split()]
+    # The node bundle is the same Kubernetes version from the same wrapper module.
+    assert len(names) == len(bundles()) + 1 and names[-1] == names[1].replace("kubernetes-", "kubernetes-node-")

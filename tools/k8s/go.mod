@@ -1,4 +1,4 @@
-// Wrapper module: builds kube-apiserver, kube-controller-manager and kubectl from
+// Wrapper module: builds kube-apiserver, kube-controller-manager, kubectl, kubelet and kube-scheduler from
 // k8s.io/kubernetes. That module requires its staging modules at v0.0.0 and points
 // them at ./staging with replace directives, which only apply inside its own tree;
 // here each one is replaced with its published release of the same Kubernetes version.

@@ -1,10 +1,13 @@
 //go:build tools
 
-// Package tools pins the Kubernetes commands this module builds.
+// Package tools pins the Kubernetes commands this module builds: the control plane, and
+// kubelet and kube-scheduler for real nodes (`qatvm build --kubelet`).
 package tools
 
 import (
 	_ "k8s.io/kubernetes/cmd/kube-apiserver"
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "k8s.io/kubernetes/cmd/kube-scheduler"
 	_ "k8s.io/kubernetes/cmd/kubectl"
+	_ "k8s.io/kubernetes/cmd/kubelet"
 )

@@ -26,6 +26,9 @@ from pathlib import Path
 from qatvm.paths import cache_dir, project_root
 
 KUBE_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kubectl")
+# Built only for `qatvm local up --kubelet` (and `qatvm build --kubelet`): most runs need no
+# real nodes, and these two add minutes to a cold build.
+NODE_COMMANDS = ("kubelet", "kube-scheduler")
 KUBE_MODULE = "k8s.io/kubernetes"
 ETCD_MODULE = "go.etcd.io/etcd/server/v3"
 KSTATUS_MODULE = "sigs.k8s.io/cli-utils"
@@ -68,7 +71,7 @@ def required_version(go_mod: Path, module: str) -> str:
     return match.group(1)
 
 
-def kubernetes_bundle() -> Bundle:
+def _kubernetes(name: str, commands: tuple[str, ...]) -> Bundle:
     module_dir = project_root() / "tools" / "k8s"
     version = required_version(module_dir / "go.mod", KUBE_MODULE)
     major, minor = version.lstrip("v").split(".")[:2]
@@ -87,13 +90,22 @@ def kubernetes_bundle() -> Bundle:
         for key, value in stamp.items()
     )
     return Bundle(
-        name="kubernetes",
+        name=name,
         module_dir=module_dir,
         version=version,
-        commands=KUBE_COMMANDS,
-        packages=tuple(f"{KUBE_MODULE}/cmd/{c}" for c in KUBE_COMMANDS),
+        commands=commands,
+        packages=tuple(f"{KUBE_MODULE}/cmd/{c}" for c in commands),
         ldflags=ldflags,
     )
+
+
+def kubernetes_bundle() -> Bundle:
+    return _kubernetes("kubernetes", KUBE_COMMANDS)
+
+
+def node_bundle() -> Bundle:
+    """kubelet and kube-scheduler, from the same wrapper module and version as the control plane."""
+    return _kubernetes("kubernetes-node", NODE_COMMANDS)
 
 
 def _wrapper_bundle(name: str, module: str) -> Bundle:
@@ -118,19 +130,21 @@ def kstatus_bundle() -> Bundle:
     return _wrapper_bundle("kstatus", KSTATUS_MODULE)
 
 
-def bundles() -> tuple[Bundle, ...]:
-    # kstatus last: it shares k8s.io/apimachinery's version with kubernetes, so it reuses
-    # those compiled packages from Go's build cache.
-    return (etcd_bundle(), kubernetes_bundle(), kstatus_bundle())
+def bundles(kubelet: bool = False) -> tuple[Bundle, ...]:
+    """The control plane's bundles and kstatus, and with `kubelet` also what real nodes run."""
+    # kstatus after kubernetes: it shares k8s.io/apimachinery's version, so it reuses those
+    # compiled packages from Go's build cache.
+    return (etcd_bundle(), kubernetes_bundle(), kstatus_bundle(), *((node_bundle(),) if kubelet else ()))
 
 
 def binary(command: str) -> Path:
     """The cached binary for a command; raises if it has not been built yet."""
-    for bundle in bundles():
+    for bundle in bundles(kubelet=True):
         if command in bundle.commands:
             if not bundle.is_built():
+                flag = " --kubelet" if command in NODE_COMMANDS else ""
                 raise BuildError(
-                    f"{command} {bundle.version} is not built yet: run `qatvm build` "
+                    f"{command} {bundle.version} is not built yet: run `qatvm build{flag}` "
                     f"(it caches into {bundle.directory})"
                 )
             return bundle.path(command)
@@ -229,13 +243,13 @@ def _build_locked(bundle: Bundle, progress: Progress) -> None:
     progress(f"{bundle.name} {bundle.version}: built in {time.monotonic() - started:.0f}s -> {bundle.directory}")
 
 
-def ensure_built(progress: Progress | None = None) -> None:
+def ensure_built(progress: Progress | None = None, kubelet: bool = False) -> None:
     report = progress or (lambda message: print(message, file=sys.stderr, flush=True))
     # Go is needed only to build: a machine that runs cached binaries (a server, a test guest
     # sharing the cache) need not have it.
     if shutil.which("go") is None and not all(bundle.is_built() for bundle in bundles()):
         raise BuildError("the Go toolchain is not on PATH; it is needed once to build the control plane")
-    for bundle in bundles():
+    for bundle in bundles(kubelet):
         build(bundle, report)
 
 
@@ -245,13 +259,16 @@ def main(argv: list[str] | None = None) -> int:
         description="Build etcd, kube-apiserver, kube-controller-manager, kubectl and kstatus into the cache.",
     )
     parser.add_argument("--print-dir", action="store_true", help="print the cache folders and exit")
+    parser.add_argument(
+        "--kubelet", action="store_true", help="also build kubelet and kube-scheduler (for `qatvm local up --kubelet`)"
+    )
     args = parser.parse_args(argv)
     if args.print_dir:
-        for bundle in bundles():
+        for bundle in bundles(args.kubelet):
             print(bundle.directory)
         return 0
     try:
-        ensure_built()
+        ensure_built(kubelet=args.kubelet)
     except BuildError as error:
         print(f"qatvm build: {error}", file=sys.stderr)
         return 1

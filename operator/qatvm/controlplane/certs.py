@@ -13,6 +13,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 VALIDITY = datetime.timedelta(days=365)
+SERVICE_CIDR = "10.0.0.0/24"
+# The first address of the service range: the API server's own ClusterIP.
+SERVICE_ADDRESS = "10.0.0.1"
 
 
 @dataclass(frozen=True)
@@ -136,6 +139,8 @@ def _create_pki(directory: Path) -> Pki:
             x509.DNSName("localhost"),
             x509.DNSName("kubernetes.default.svc"),
             x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+            # The `kubernetes` Service's address, which pods on real nodes are told to use.
+            x509.IPAddress(ipaddress.ip_address(SERVICE_ADDRESS)),
         ],
     )
     # system:masters is the built-in group RBAC never restricts: the admin kubeconfig's identity.
@@ -159,3 +164,22 @@ def _create_pki(directory: Path) -> Pki:
         )
     )
     return _layout(directory)
+
+
+def client_pair(directory: Path, stem: str, common_name: str, organization: str | None = None) -> KeyPair:
+    """A client certificate signed by the PKI's CA in `directory`, issued once and kept."""
+    pair = KeyPair(cert=directory / f"{stem}.crt", key=directory / f"{stem}.key")
+    if pair.cert.exists() and pair.key.exists():
+        return pair
+    ca = _layout(directory).ca
+    ca_cert = x509.load_pem_x509_certificate(ca.cert.read_bytes())
+    ca_key = serialization.load_pem_private_key(ca.key.read_bytes(), password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    key = ec.generate_private_key(ec.SECP256R1())
+    extensions: list[tuple[x509.ExtensionType, bool]] = [
+        (x509.BasicConstraints(ca=False, path_length=None), True),
+        (x509.KeyUsage(True, False, True, False, False, False, False, False, False), True),
+        (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False),
+    ]
+    _save(_issue(_name(common_name, organization), key, (ca_cert.subject, ca_key), extensions), key, directory, stem)
+    return pair

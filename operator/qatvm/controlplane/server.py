@@ -1,6 +1,6 @@
 """Run etcd, kube-apiserver and kube-controller-manager on loopback, as envtest does for Go.
 
-There is no kubelet and no scheduler: objects are real and persisted, RBAC and admission are
+Without `nodes` there is no kubelet and no scheduler: objects are real and persisted, RBAC and admission are
 real, and the three controllers that keep API semantics honest (garbage collection, namespace
 deletion, default service accounts) run; nothing runs pods.
 """
@@ -19,11 +19,10 @@ from typing import Any
 import yaml
 
 from qatvm.controlplane.binaries import binary
-from qatvm.controlplane.certs import Pki, ensure_pki
+from qatvm.controlplane.certs import SERVICE_CIDR, KeyPair, Pki, client_pair, ensure_pki
 from qatvm.controlplane.kubeconfig import write_kubeconfig
 from qatvm.processes import ManagedProcess, free_port
 
-SERVICE_CIDR = "10.0.0.0/24"
 # clusterrole-aggregation fills the built-in view/edit/admin roles, which tenants are bound to.
 KCM_CONTROLLERS = "garbage-collector-controller,namespace-controller,serviceaccount-controller,clusterrole-aggregation-controller"
 # kube-apiserver publishes this as the `kubernetes` Service's endpoint, and with none given it
@@ -33,6 +32,12 @@ KCM_CONTROLLERS = "garbage-collector-controller,namespace-controller,serviceacco
 # kubeconfig. So it is one fixed address that no machine has: RFC 5737 reserves 203.0.113.0/24
 # for documentation, never to be assigned, which keeps every machine's cluster the same.
 ADVERTISE_ADDRESS = "203.0.113.1"
+# What real nodes need as well: Deployments, DaemonSets and their pods, the CA bundle every
+# pod's projected token volume holds, and nodes marked NotReady when their kubelet stops.
+NODE_CONTROLLERS = (
+    "deployment-controller,replicaset-controller,daemonset-controller,root-ca-certificate-publisher-controller,"
+    "node-lifecycle-controller,pod-garbage-collector-controller"
+)
 
 
 class ControlPlaneError(RuntimeError):
@@ -69,9 +74,11 @@ class ControlPlane:
     `bin/kubectl` (the matching kubectl), `audit.log`.
     """
 
-    def __init__(self, directory: Path, *, audit: bool = False) -> None:
+    def __init__(self, directory: Path, *, audit: bool = False, nodes: bool = False) -> None:
         self.directory = directory
         self.audit = audit
+        # Real kubelets join: the Node authorizer, the controllers pods need, and a scheduler.
+        self.nodes = nodes
         self.logs = directory / "logs"
         self.kubeconfig = directory / "kubeconfig"
         self.kubectl = directory / "bin" / "kubectl"
@@ -81,6 +88,8 @@ class ControlPlane:
         self._pki: Pki | None = None
         self.server = ""
         self.etcd_url = ""
+        # How the API server reaches kubelets (logs, exec): set by whoever runs the nodes.
+        self.kubelet_access_args: list[str] = []
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -128,31 +137,49 @@ class ControlPlane:
         apiserver = self._spawn("kube-apiserver", self._apiserver_args(pki, apiserver_port))
         self._wait(apiserver, lambda: self._https_ok("/readyz"), timeout)
 
-        kcm_kubeconfig = write_kubeconfig(
-            self.directory / "kube-controller-manager.kubeconfig",
-            self.server,
-            pki.ca.cert,
-            user="kube-controller-manager",
-            client_cert=pki.controller_manager.cert,
-            client_key=pki.controller_manager.key,
-        )
-        kcm_port = free_port()
-        kcm = self._spawn(
+        self._start_component(
             "kube-controller-manager",
+            "kube-controller-manager",
+            pki.controller_manager,
             [
-                binary("kube-controller-manager"),
-                f"--kubeconfig={kcm_kubeconfig}",
-                f"--authentication-kubeconfig={kcm_kubeconfig}",
-                f"--authorization-kubeconfig={kcm_kubeconfig}",
-                f"--controllers={KCM_CONTROLLERS}",
-                "--leader-elect=false",
-                "--bind-address=127.0.0.1",
-                f"--secure-port={kcm_port}",
+                f"--controllers={KCM_CONTROLLERS + (',' + NODE_CONTROLLERS if self.nodes else '')}",
+                f"--root-ca-file={pki.ca.cert}",
                 f"--cert-dir={self.directory / 'kcm-certs'}",
                 "--concurrent-gc-syncs=5",
             ],
+            timeout,
         )
-        self._wait(kcm, lambda: self._http_ok(f"https://127.0.0.1:{kcm_port}/healthz", verify=False), timeout)
+        if self.nodes:
+            # The built-in identity the bootstrap RBAC policy grants the scheduler's rights to.
+            identity = client_pair(pki.ca.cert.parent, "kube-scheduler", "system:kube-scheduler")
+            self._start_component("kube-scheduler", "system:kube-scheduler", identity, [], timeout)
+
+    def _start_component(self, name: str, user: str, identity: KeyPair, extra: list[str], timeout: float) -> None:
+        """A controller-manager-like component: a client cert, loopback health, no leader election."""
+        assert self._pki is not None
+        kubeconfig = write_kubeconfig(
+            self.directory / f"{name}.kubeconfig",
+            self.server,
+            self._pki.ca.cert,
+            user=user,
+            client_cert=identity.cert,
+            client_key=identity.key,
+        )
+        port = free_port()
+        process = self._spawn(
+            name,
+            [
+                binary(name),
+                f"--kubeconfig={kubeconfig}",
+                f"--authentication-kubeconfig={kubeconfig}",
+                f"--authorization-kubeconfig={kubeconfig}",
+                "--leader-elect=false",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={port}",
+                *extra,
+            ],
+        )
+        self._wait(process, lambda: self._http_ok(f"https://127.0.0.1:{port}/healthz", verify=False), timeout)
 
     def _apiserver_args(self, pki: Pki, port: int) -> list[str]:
         args = [
@@ -165,7 +192,7 @@ class ControlPlane:
             f"--tls-cert-file={pki.serving.cert}",
             f"--tls-private-key-file={pki.serving.key}",
             f"--client-ca-file={pki.ca.cert}",
-            "--authorization-mode=RBAC",
+            f"--authorization-mode={'Node,RBAC' if self.nodes else 'RBAC'}",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--allow-privileged=true",
             f"--service-account-issuer={self.server}/",
@@ -174,6 +201,8 @@ class ControlPlane:
             "--enable-priority-and-fairness=false",
             "--profiling=false",
         ]
+        if self.nodes:
+            args += ["--enable-admission-plugins=NodeRestriction", *self.kubelet_access_args]
         if self.audit:
             policy = self.directory / "audit-policy.yaml"
             policy.write_text(yaml.safe_dump(_audit_policy()))

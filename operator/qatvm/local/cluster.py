@@ -15,11 +15,14 @@ from pathlib import Path
 
 from qatvm.controlplane.binaries import BuildError, ensure_built
 from qatvm.local import host_node as host
+from qatvm.local.node_images import ImageError, pause_archive, qatvm_archive
 from qatvm.local.state import ClusterState, default_state_dir
 from qatvm.local.supervisor import node_names
 from qatvm.processes import ManagedProcess, pid_alive, wait_until
 
 UP_TIMEOUT = 180.0
+# Real nodes pull nothing, but start containerd, import the images and start four pods.
+KUBELET_UP_TIMEOUT = 420.0
 DOWN_TIMEOUT = 60.0
 
 
@@ -28,7 +31,12 @@ def _say(message: str) -> None:
 
 
 def up(
-    state_dir: Path, nodes: int, hardware: Path | None, monitoring: bool = False, host_node: host.HostNode | None = None
+    state_dir: Path,
+    nodes: int,
+    hardware: Path | None,
+    kubelet: bool = False,
+    monitoring: bool = False,
+    host_node: host.HostNode | None = None,
 ) -> int:
     state = ClusterState.load(state_dir)
     if state and state.running():
@@ -39,10 +47,13 @@ def up(
         return _wait_ready(state_dir, None)
     if host_node and not _ready_for_host_node(host_node):
         return 1
-    ensure_built()
+    ensure_built(kubelet=kubelet)
     state_dir.mkdir(parents=True, exist_ok=True)
     ClusterState.path(state_dir).unlink(missing_ok=True)
     profile: list[str | Path] = ["--hardware", hardware.resolve()] if hardware else []
+    if kubelet:
+        for image in (pause_archive(), qatvm_archive()):
+            profile += ["--kubelet-image", image]
     if monitoring:
         profile.append("--monitoring")
     profile += host_node.argv() if host_node else []
@@ -57,7 +68,7 @@ def up(
     started = time.monotonic()
     supervisor.start()
     _say(f"starting the local cluster in {state_dir} (log: {supervisor.log_path})")
-    code = _wait_ready(state_dir, supervisor)
+    code = _wait_ready(state_dir, supervisor, KUBELET_UP_TIMEOUT if kubelet else UP_TIMEOUT)
     if code == 0:
         _say(f"ready in {time.monotonic() - started:.1f}s")
     return code
@@ -83,8 +94,8 @@ def _child_env() -> dict[str, str]:
     return env
 
 
-def _wait_ready(state_dir: Path, supervisor: ManagedProcess | None) -> int:
-    deadline = time.monotonic() + UP_TIMEOUT
+def _wait_ready(state_dir: Path, supervisor: ManagedProcess | None, timeout: float = UP_TIMEOUT) -> int:
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         state = ClusterState.load(state_dir)
         if state and state.error:
@@ -97,7 +108,7 @@ def _wait_ready(state_dir: Path, supervisor: ManagedProcess | None) -> int:
             _say(f"the local cluster exited during start-up; end of {supervisor.log_path}:\n{supervisor.log_tail()}")
             return 1
         time.sleep(0.1)
-    _say(f"the local cluster was not ready after {UP_TIMEOUT:.0f}s; see {state_dir / 'logs'}")
+    _say(f"the local cluster was not ready after {timeout:.0f}s; see {state_dir / 'logs'}")
     return 1
 
 
@@ -191,6 +202,11 @@ def main(argv: list[str] | None = None) -> int:
         if name == "up":
             sub.add_argument("--nodes", type=int, default=2, help="simulated nodes (default: %(default)s)")
             sub.add_argument(
+                "--kubelet", action="store_true",
+                help="real nodes: a kubelet and containerd per node, each in its own namespaces, running the "
+                "shipped manifests as pods from an image built here (builds kubelet and the image on first use)",
+            )
+            sub.add_argument(
                 "--hardware", type=Path,
                 help="hardware profile (YAML) for each simulated node; default: two 4xxx PFs, "
                 "8 VFs each, on NUMA nodes 0 (sym;asym) and 1 (dc); see `qatvm hardware --print-default-profile`",
@@ -205,14 +221,20 @@ def main(argv: list[str] | None = None) -> int:
         if name == "status":
             sub.add_argument("--output", "-o", choices=["text", "json"], default="text")
     args = parser.parse_args(argv)
+    if args.command == "up" and args.kubelet and args.host_node is not None:
+        parser.error("--host-node runs this machine's agent as a plain process beside simulated nodes; "
+                     "with --kubelet every agent is a pod on a real node: use one of the two")
+    if args.command == "up" and args.kubelet and args.monitoring:
+        parser.error("--monitoring scrapes operators that listen on this machine's loopback, and with --kubelet they "
+                     "run as pods inside the nodes' own networks: use one of the two")
     state_dir = args.state_dir.resolve()
     try:
         if args.command == "up":
             host_node = host.from_args(parsers["up"], args, node_names(args.nodes))
-            return up(state_dir, args.nodes, args.hardware, args.monitoring, host_node)
+            return up(state_dir, args.nodes, args.hardware, args.kubelet, args.monitoring, host_node)
         if args.command == "down":
             return down(state_dir, args.purge)
         return status(state_dir, args.output)
-    except BuildError as error:
+    except (BuildError, ImageError) as error:
         _say(f"qatvm local: {error}")
         return 1

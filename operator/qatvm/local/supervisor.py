@@ -20,15 +20,18 @@ from lightkube import Client
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Node
 
+from qatvm.controlplane.certs import ensure_pki
 from qatvm.controlplane.server import ControlPlane, Endpoints
 from qatvm.hardware import DEFAULT_PROFILE, HardwareProfile, load_profile
 from qatvm.kube import QatNodeResource, apply_crds, client
 from qatvm.local import host_node as host
 from qatvm.local.credentials import AGENT_SA, CONTROLLER_SA, NAMESPACE, apply_rbac, service_account_kubeconfig
+from qatvm.local.kubelet_cluster import KubeletCluster
 from qatvm.local.monitoring import Prometheus, Target
 from qatvm.local.nodes import SimulatedNode
 from qatvm.local.state import ClusterState
 from qatvm.processes import ManagedProcess, free_port, wait_until
+from qatvm.testing.kubectl import Kubectl
 
 SIMULATED_LABEL = "qatvm.io/simulated"
 INVENTORY_TIMEOUT = 60.0
@@ -54,7 +57,12 @@ def register_nodes(kube: Client, names: list[str]) -> None:
 
 class Supervisor:
     def __init__(
-        self, state_dir: Path, nodes: int, profile: HardwareProfile, monitoring: bool = False,
+        self,
+        state_dir: Path,
+        nodes: int,
+        profile: HardwareProfile,
+        kubelet_images: list[Path] | None = None,
+        monitoring: bool = False,
         host_node: host.HostNode | None = None,
     ) -> None:
         self.state_dir = state_dir
@@ -69,7 +77,10 @@ class Supervisor:
             else None
         )
         # The audit log (DIR/audit.log) lets anyone count what the operator writes.
-        self.control_plane = ControlPlane(state_dir, audit=True)
+        self.control_plane = ControlPlane(state_dir, audit=True, nodes=kubelet_images is not None)
+        # With images to load, the nodes are real kubelets running the shipped manifests.
+        self.kubelets = KubeletCluster(state_dir, self.nodes, kubelet_images) if kubelet_images is not None else None
+        self.kube: Client | None = None
         self.operators: list[ManagedProcess] = []
         self.stopping = threading.Event()
         names = [n.name for n in self.nodes] + ([host_node.name] if host_node else [])
@@ -79,18 +90,23 @@ class Supervisor:
         started = time.monotonic()
         self.state.save(self.state_dir)
         try:
+            if self.kubelets:
+                self.kubelets.prepare(self.control_plane)
             endpoints = self.control_plane.start()
             print(f"control plane ready in {time.monotonic() - started:.1f}s", flush=True)
-            kube = client(endpoints.kubeconfig)
+            kube = self.kube = client(endpoints.kubeconfig)
             apply_crds(kube)
-            register_nodes(kube, [n.name for n in self.nodes])
-            if self.host_node:
-                self.host_node.register(kube)
-            apply_rbac(kube)
-            self._start_operators(kube, endpoints)
-            self._wait_for_inventories(kube)
-            print(f"every node's inventory published {time.monotonic() - started:.1f}s after start", flush=True)
-            self._wait_for_prometheus()
+            if self.kubelets:
+                self._start_kubelets(kube, endpoints)
+            else:
+                register_nodes(kube, [n.name for n in self.nodes])
+                if self.host_node:
+                    self.host_node.register(kube)
+                apply_rbac(kube)
+                self._start_operators(kube, endpoints)
+                self._wait_for_inventories(kube)
+                print(f"every node's inventory published {time.monotonic() - started:.1f}s after start", flush=True)
+                self._wait_for_prometheus()
         except Exception as error:  # the reason goes to `local up`, which prints it
             self.state.error = f"{type(error).__name__}: {error}"
             self.state.save(self.state_dir)
@@ -115,9 +131,9 @@ class Supervisor:
         python = [sys.executable, "-m", "qatvm"]
         logs = self.state_dir / "logs"
         monitored = self.prometheus
-        controller_config = service_account_kubeconfig(
-            kube, self.state_dir / "controller.kubeconfig", endpoints.server, self.control_plane.ca_file, CONTROLLER_SA
-        )
+        for node in self.nodes:
+            node.prepare(self.profile)
+        controller_config = self._write_operator_kubeconfigs(kube, endpoints)
         self.operators.append(
             ManagedProcess(
                 "controller",
@@ -129,10 +145,6 @@ class Supervisor:
             )
         )
         for index, node in enumerate(self.nodes):
-            node.prepare(self.profile)
-            service_account_kubeconfig(
-                kube, node.kubeconfig, endpoints.server, self.control_plane.ca_file, AGENT_SA, bound_node=node.name
-            )
             self.operators.append(
                 ManagedProcess(
                     f"agent-{node.name}",
@@ -150,6 +162,27 @@ class Supervisor:
             self.operators.append(self.host_node.agent(kube, endpoints.server, self.control_plane.ca_file, self.state_dir))
         for process in self.operators:
             process.start()
+
+    def _start_kubelets(self, kube: Client, endpoints: Endpoints) -> None:
+        assert self.kubelets is not None
+        for node in self.nodes:
+            node.prepare(self.profile)
+        self.kubelets.start(ensure_pki(self.state_dir / "pki"), int(endpoints.server.rsplit(":", 1)[1]))
+        kubectl = Kubectl(endpoints.kubectl, endpoints.kubeconfig)
+        self.kubelets.apply(kubectl)
+        self.kubelets.wait_ready(kube, kubectl)
+        # The pods use their own tokens; these are for people and tests acting as either.
+        self._write_operator_kubeconfigs(kube, endpoints)
+
+    def _write_operator_kubeconfigs(self, kube: Client, endpoints: Endpoints) -> Path:
+        """DIR/controller.kubeconfig and DIR/nodes/<node>/agent.kubeconfig (bound to the Node)."""
+        for node in self.nodes:
+            service_account_kubeconfig(
+                kube, node.kubeconfig, endpoints.server, self.control_plane.ca_file, AGENT_SA, bound_node=node.name
+            )
+        return service_account_kubeconfig(
+            kube, self.state_dir / "controller.kubeconfig", endpoints.server, self.control_plane.ca_file, CONTROLLER_SA
+        )
 
     def _wait_for_prometheus(self) -> None:
         prometheus = self.prometheus
@@ -178,6 +211,8 @@ class Supervisor:
         self.state.components = {
             **self.control_plane.endpoints().pids,
             **{p.name: p.pid for p in self.operators if p.pid is not None},
+            **(self.kubelets.pids() if self.kubelets else {}),
+            **(self.kubelets.pod_pids(self.kube) if self.kubelets and self.kube else {}),
         }
         self.state.save(self.state_dir)
 
@@ -187,6 +222,13 @@ class Supervisor:
             if dead:
                 print(f"control plane component exited: {', '.join(dead)}; stopping", flush=True)
                 return 1
+            if self.kubelets:
+                stopped_nodes = self.kubelets.exited()
+                if stopped_nodes:
+                    print(f"node stopped: {', '.join(stopped_nodes)}; stopping", flush=True)
+                    return 1
+                # Containers restart with new PIDs; the state file names the current ones.
+                self._record_pids()
             restarted = [p for p in self.operators if not p.alive()]
             for process in restarted:
                 print(f"{process.name} exited with code {process.exit_code()}; restarting", flush=True)
@@ -202,6 +244,8 @@ class Supervisor:
         if self.host_node:
             for line in self.host_node.give_back():
                 print(f"host node {self.host_node.name}: {line}", flush=True)
+        if self.kubelets:
+            self.kubelets.stop()
         self.control_plane.stop()
 
 
@@ -214,12 +258,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", type=Path, required=True)
     parser.add_argument("--nodes", type=int, default=2)
     parser.add_argument("--hardware", type=Path, help="hardware profile (YAML) for every simulated node")
+    parser.add_argument(
+        "--kubelet-image", type=Path, action="append", help="real nodes: an OCI archive each node loads (repeat)"
+    )
     parser.add_argument("--monitoring", action="store_true", help="also run Prometheus, scraping every component")
     host.add_arguments(parser)
     args = parser.parse_args(argv)
     profile = load_profile(args.hardware) if args.hardware else DEFAULT_PROFILE
     supervisor = Supervisor(
-        args.state_dir, args.nodes, profile, monitoring=args.monitoring,
+        args.state_dir, args.nodes, profile, args.kubelet_image, monitoring=args.monitoring,
         host_node=host.from_args(parser, args, node_names(args.nodes)),
     )
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

@@ -19,6 +19,10 @@ from qatvm.node.sysfs import open_sysfs
 from qatvm.testing.kubectl import Kubectl
 
 
+# Set to 1, the end-to-end session runs on real nodes (`qatvm local up --kubelet`).
+KUBELET_ENV = "QATVM_E2E_KUBELET"
+
+
 @dataclass(frozen=True)
 class LocalNodes:
     """Read-only views into `qatvm local`'s simulated nodes."""
@@ -38,6 +42,12 @@ class LocalNodes:
 
     def hostdevs(self, node: str, domain: str) -> list[str]:
         return sorted(h.source.address.bdf for h in self.domains(node)[domain][1].devices.hostdevs)
+
+    def run_in(self, node: str, *argv: str) -> subprocess.CompletedProcess[str]:
+        """Run a command inside a real node's namespaces (its containerd's socket, its network)."""
+        holder = self.state().components[f"node-{node}"]
+        init = Path(f"/proc/{holder}/task/{holder}/children").read_text().split()[0]
+        return subprocess.run(["nsenter", "-t", init, "-m", "-n", *argv], capture_output=True, text=True, check=True)
 
     def state(self) -> ClusterState:
         state = ClusterState.load(self.state_dir)
@@ -60,11 +70,15 @@ class ClusterStartError(RuntimeError):
 
 
 @contextmanager
-def local_cluster(state_dir: Path, nodes: int, monitoring: bool = False) -> Iterator[E2eCluster]:
-    """`qatvm local up` in `state_dir` for the duration of the block, then `down`."""
+def local_cluster(state_dir: Path, nodes: int, kubelet: bool = False, monitoring: bool = False) -> Iterator[E2eCluster]:
+    """`qatvm local up` in `state_dir` for the duration of the block, then `down`; with
+    `kubelet`, on real nodes (building kubelet and the image first if they are not cached)."""
     qatvm = [sys.executable, "-m", "qatvm", "local"]
-    flags = ["--monitoring"] if monitoring else []
-    up = subprocess.run([*qatvm, "up", "--nodes", str(nodes), "--state-dir", str(state_dir), *flags], capture_output=True, text=True, timeout=300)
+    flags = [*(["--kubelet"] if kubelet else []), *(["--monitoring"] if monitoring else [])]
+    up = subprocess.run(
+        [*qatvm, "up", "--nodes", str(nodes), "--state-dir", str(state_dir), *flags],
+        capture_output=True, text=True, timeout=1800 if kubelet else 300,
+    )
     if up.returncode != 0:
         raise ClusterStartError(f"qatvm local up failed:\n{up.stderr}")
     try:
