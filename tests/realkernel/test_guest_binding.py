@@ -76,23 +76,25 @@ def test_bind_to_vfio_and_give_back(node: Node) -> None:
         + f"""
 import json, os
 from pathlib import Path
+from qatvm.api.base import ObjectRef
 from qatvm.node.binding import VfBinder
 from qatvm.node.sysfs import open_sysfs
 vf, state_dir = {vf!r}, Path("/run/qatvm-binding")
+owner = ObjectRef(namespace="tenant", name="vm", uid="uid-1")
 binder = VfBinder(open_sysfs(), state_dir)
 steps = {{"before": kernel_state(vf)}}
 try:
-    binder.bind_to_vfio(vf)
+    binder.bind_to_vfio(vf, owner)
     steps["bound"] = kernel_state(vf)
     steps["record"] = json.loads((state_dir / f"{{vf}}.json").read_text())
     steps["inventory_driver"] = next(v.driver for v in inventory().vfs if v.pci_address == vf)
-    binder.bind_to_vfio(vf)
+    binder.bind_to_vfio(vf, owner)
     steps["bound_again"] = kernel_state(vf)
 finally:
-    binder.release(vf)
+    binder.release(vf, owner.uid)
 steps["released"] = kernel_state(vf)
 steps["record_left"] = os.path.exists(state_dir / f"{{vf}}.json")
-binder.release(vf)
+binder.release(vf, owner.uid)
 steps["released_again"] = kernel_state(vf)
 print(json.dumps(steps))
 """
@@ -102,7 +104,9 @@ print(json.dumps(steps))
                "vfio": {"char_device": True, "viable": True}}
     assert steps["before"] == on_nvme
     assert steps["bound"] == on_vfio
-    assert steps["record"] == {"address": vf, "previous_driver": "nvme"}
+    assert steps["record"] == {
+        "address": vf, "previous_driver": "nvme", "owner": {"namespace": "tenant", "name": "vm", "uid": "uid-1"}
+    }
     assert steps["inventory_driver"] == "vfio-pci"
     assert steps["bound_again"] == on_vfio
     # Back on nvme, which starts the controller again (its nvme/ child), and nothing left over.
