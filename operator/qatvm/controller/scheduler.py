@@ -45,9 +45,11 @@ class NotLeading(RuntimeError):
     pass
 
 
-def _age(body: dict[str, Any]) -> tuple[str, str]:
+def _age(body: dict[str, Any]) -> tuple[str, str, str]:
+    # creationTimestamp has whole seconds: VMs applied together tie, and the tie goes to the name,
+    # which people can predict (vm-8 before vm-9), where a UID would be a coin toss.
     meta = body["metadata"]
-    return meta.get("creationTimestamp") or "", meta["uid"]
+    return meta.get("creationTimestamp") or "", meta.get("namespace") or "", meta["name"]
 
 
 class Scheduler:
