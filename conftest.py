@@ -13,7 +13,7 @@ from qatvm.testing.cluster import KUBELET_ENV
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     if os.environ.get(KUBELET_ENV) == "1":
         return
-    skip = pytest.mark.skip(reason=f"needs real nodes: runs with {KUBELET_ENV}=1, as tools/test does")
+    skip = pytest.mark.skip(reason=f"needs real nodes: runs with {KUBELET_ENV}=1 (README, Testing)")
     for item in items:
         if item.get_closest_marker("kubelet"):
             item.add_marker(skip)
