@@ -12,7 +12,7 @@ import pytest
 from lightkube import KubeConfig
 from lightkube.resources.coordination_v1 import Lease
 
-from qatvm.controller.leader import LeaderElection
+from qatvm.controller.leader import LeaderElection, candidate_of, process_identity
 from qatvm.controlplane.server import ControlPlane
 from qatvm.testing.kubectl import Kubectl
 
@@ -196,3 +196,18 @@ async def test_a_holder_that_stops_renewing_stops_leading_before_its_lease_can_b
     assert await b.try_acquire() is False
     await asyncio.sleep(1.2)
     assert await b.try_acquire() is True
+
+
+async def test_a_restarted_candidate_waits_out_its_predecessors_lease(candidate: MakeCandidate) -> None:
+    # A container restarted after a crash keeps its pod name; it must not resume the lease the
+    # killed process held, or no standby would ever take over from a crashing leader.
+    crashed = candidate(process_identity("controller-7d9f-abcde"), lease_seconds=2)
+    assert await crashed.try_acquire()
+    restarted = candidate(process_identity("controller-7d9f-abcde"), lease_seconds=2)
+    standby = candidate(process_identity("controller-7d9f-fghij"), lease_seconds=2)
+    assert restarted.identity != crashed.identity
+    assert candidate_of(restarted.identity) == "controller-7d9f-abcde"
+    assert await restarted.try_acquire() is False
+    await asyncio.sleep(2.5)
+    assert await standby.try_acquire() is True
+    assert candidate_of((await read_lease(standby)).spec.holderIdentity) == "controller-7d9f-fghij"

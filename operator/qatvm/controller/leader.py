@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import secrets
 import time
 
 from lightkube import AsyncClient
@@ -22,6 +23,21 @@ from lightkube.resources.coordination_v1 import Lease
 from lightkube.types import PatchType
 
 log = logging.getLogger(__name__)
+
+
+def process_identity(candidate: str) -> str:
+    """The lease holder's name for this process: the candidate (a pod name) plus a suffix of its own.
+
+    A container that restarts keeps its pod name; were that the holder, the restart would resume
+    the lease its killed predecessor held, and no standby would ever take over from a crashing
+    leader. With a suffix, the restart is one more candidate that waits the lease out, as
+    client-go's "hostname_uuid" identities make it. Pod names never hold "_", so the candidate
+    is everything before the last one."""
+    return f"{candidate}_{secrets.token_hex(4)}"
+
+
+def candidate_of(holder: str) -> str:
+    return holder.rsplit("_", 1)[0]
 
 
 def _now() -> datetime.datetime:

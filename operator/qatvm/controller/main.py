@@ -15,7 +15,7 @@ from lightkube.config.kubeconfig import KubeConfig
 
 from qatvm import health, logs, metrics
 from qatvm.controller import handlers
-from qatvm.controller.leader import LeaderElection
+from qatvm.controller.leader import LeaderElection, process_identity
 from qatvm.controller.placement import Strategy
 from qatvm.controller.scheduler import Scheduler
 
@@ -34,7 +34,7 @@ async def _lead_or_stand_by(args: argparse.Namespace) -> int:
         client,
         namespace=args.lease_namespace,
         name=args.lease_name,
-        identity=args.identity,
+        identity=process_identity(args.identity),
         lease_seconds=args.lease_seconds,
         renew_seconds=max(1.0, args.lease_seconds / 3),
     )
@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lease-namespace", default=os.environ.get("POD_NAMESPACE", "kube-system"))
     parser.add_argument("--lease-name", default="qatvm-controller")
     parser.add_argument("--lease-seconds", type=int, default=15)
-    parser.add_argument("--identity", default=f"{socket.gethostname()}-{os.getpid()}")
+    parser.add_argument("--identity", default=socket.gethostname(),
+                        help="this candidate's name, e.g. its pod's; the lease holder is NAME_<random> (default: the host name)")
     parser.add_argument("--health-port", type=int, default=0, help="serve GET /healthz on this port (0: off)")
     metrics.add_arguments(parser)
     parser.add_argument("--verbose", action="store_true")

@@ -20,6 +20,7 @@ from lightkube.core.exceptions import ApiError
 from lightkube.resources.coordination_v1 import Lease
 
 from qatvm.controlplane.certs import Pki, client_pair, ensure_pki
+from qatvm.controller.leader import candidate_of
 from qatvm.controlplane.server import ControlPlane
 from qatvm.kube import QatNodeResource
 from qatvm.local.credentials import NAMESPACE
@@ -154,7 +155,8 @@ class KubeletCluster:
         processes in the other mode ("controller" is the leader; the other replica is
         "controller-standby"; "agent-<node>"), so a test can kill either kind the same way."""
         try:
-            leader = kube.get(Lease, "qatvm-controller", namespace=NAMESPACE).spec.holderIdentity
+            holder = kube.get(Lease, "qatvm-controller", namespace=NAMESPACE).spec.holderIdentity
+            leader = candidate_of(holder) if holder else None
         except ApiError:
             leader = None
         # Only this cluster's containers: their cgroups sit under its nodes' cgroup roots.
