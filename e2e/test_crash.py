@@ -29,7 +29,15 @@ BATCH = 4
 
 def _kill(nodes: LocalNodes, *components: str) -> None:
     for component in components:
-        os.kill(nodes.state().components[component], signal.SIGKILL)
+        # One killed a moment ago may still be coming back: on real nodes the kubelet restarts a
+        # crashed container only after a back-off of 10 s and more.
+        os.kill(eventually(lambda: _running(nodes, component), timeout=120, interval=0.5), signal.SIGKILL)
+
+
+def _running(nodes: LocalNodes, component: str) -> int:
+    pid = nodes.state().components.get(component)
+    assert pid is not None, f"{component} is not running"
+    return pid
 
 
 def _ours(kubectl: Kubectl, namespace: str) -> list[dict[str, Any]]:

@@ -255,6 +255,9 @@ class RealNode:
             "imageGCHighThresholdPercent": 100,
             "imageGCLowThresholdPercent": 99,
             "serializeImagePulls": False,
+            # Containers here are killed on purpose (the crash tests kill the same agent several
+            # times a minute): a back-off growing to 5 minutes would only make them wait.
+            "crashLoopBackOff": {"maxContainerRestartPeriod": "10s"},
         }
 
     # -- lifecycle -------------------------------------------------------------------------
