@@ -370,7 +370,7 @@ class SimulatedSysfs(Sysfs):
     def read(self, rel: str) -> str:
         # kernfs refuses to open an attribute without a read bit for reading, even to root;
         # on the disk under a simulated tree root would read it, so check the mode here.
-        if not os.stat(self.path(rel)).st_mode & 0o444:
+        if not os.stat(self.file(rel)).st_mode & 0o444:
             raise _fail(errno.EACCES)
         return super().read(rel)
 

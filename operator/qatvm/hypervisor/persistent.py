@@ -39,6 +39,14 @@ class PersistentTestHypervisor(Hypervisor):
         self._counting = threading.Lock()
         self._changes = 0
         self._written = 0
+        self._document = _empty_node()
+        # Everything but the domains (host CPUs, networks, pools the file was seeded with) stays.
+        for child in _root(minidom.parse(str(state_file))).childNodes:
+            if isinstance(child, minidom.Element) and child.tagName != "domain":
+                _root(self._document).appendChild(self._document.importNode(child, deep=True))
+        # Each domain's element as last written, by UUID, with what it was made from: a write
+        # parses only the domains that changed, so a node with many domains stays cheap to save.
+        self._elements: dict[str, tuple[tuple[str, int, bool], minidom.Element]] = {}
 
     def _persist(self) -> None:
         with self._counting:
@@ -55,26 +63,31 @@ class PersistentTestHypervisor(Hypervisor):
     def _write_domains(self) -> None:
         # DOM, not ElementTree: ElementTree renames namespace prefixes, and the domains of other
         # tools (their own <metadata>) must come back exactly as libvirt gave them.
-        document = _empty_node()
-        node = _root(document)
-        # Everything but the domains (host CPUs, networks, pools the file was seeded with) stays.
-        for child in _root(minidom.parse(str(self.state_file))).childNodes:
-            if isinstance(child, minidom.Element) and child.tagName != "domain":
-                node.appendChild(document.importNode(child, deep=True))
+        node = _root(self._document)
+        for element in [c for c in node.childNodes if isinstance(c, minidom.Element) and c.tagName == "domain"]:
+            node.removeChild(element)
+        elements: dict[str, tuple[tuple[str, int, bool], minidom.Element]] = {}
         try:
             for dom in self._connection.listAllDomains(0):
                 # The inactive definition is what the test driver boots from when it reloads.
-                definition = document.importNode(
-                    _root(minidom.parseString(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))), deep=True
-                )
-                definition.setAttribute("xmlns:test", TEST_DRIVER_XMLNS)
-                definition.appendChild(_test_driver_element(document, "runstate", str(dom.state()[0])))
-                if not dom.isPersistent():
-                    definition.appendChild(_test_driver_element(document, "transient"))
-                node.appendChild(definition)
+                made_from = (dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE), dom.state()[0], bool(dom.isPersistent()))
+                uuid = dom.UUIDString()
+                known = self._elements.get(uuid)
+                element = known[1] if known is not None and known[0] == made_from else self._element(*made_from)
+                elements[uuid] = (made_from, element)
+                node.appendChild(element)
         except libvirt.libvirtError as error:
             raise translate(error, f"saving the domains to {self.state_file}") from error
-        _write_atomically(document, self.state_file)
+        self._elements = elements
+        _write_atomically(self._document, self.state_file)
+
+    def _element(self, definition: str, state: int, persistent: bool) -> minidom.Element:
+        element = self._document.importNode(_root(minidom.parseString(definition)), deep=True)
+        element.setAttribute("xmlns:test", TEST_DRIVER_XMLNS)
+        element.appendChild(_test_driver_element(self._document, "runstate", str(state)))
+        if not persistent:
+            element.appendChild(_test_driver_element(self._document, "transient"))
+        return element
 
 
 def _empty_node() -> minidom.Document:

@@ -27,6 +27,8 @@ def dev_root(sysfs_root: Path) -> Path:
 class Sysfs(ABC):
     def __init__(self, root: Path) -> None:
         self.root = root
+        # A string for the file operations: joining Paths was half the cost of an agent's scan.
+        self._root = str(root)
 
     @property
     def dev_root(self) -> Path:
@@ -35,23 +37,26 @@ class Sysfs(ABC):
     def path(self, rel: str) -> Path:
         return self.root / rel
 
+    def file(self, rel: str) -> str:
+        return posixpath.join(self._root, rel)
+
     def exists(self, rel: str) -> bool:
-        return os.path.exists(self.path(rel))
+        return os.path.exists(self.file(rel))
 
     def read(self, rel: str) -> str:
         """An attribute's value without its trailing newline."""
-        with open(self.path(rel), encoding="ascii") as f:
+        with open(self.file(rel), encoding="ascii") as f:
             return f.read().rstrip("\n")
 
     def readlink(self, rel: str) -> str | None:
         """The last component of a symlink's target (a driver, a group, a BDF); None if absent."""
         try:
-            return posixpath.basename(os.readlink(self.path(rel)))
+            return posixpath.basename(os.readlink(self.file(rel)))
         except FileNotFoundError:
             return None
 
     def listdir(self, rel: str) -> list[str]:
-        return sorted(os.listdir(self.path(rel)))
+        return sorted(os.listdir(self.file(rel)))
 
     @abstractmethod
     def write(self, rel: str, value: str) -> None:
@@ -62,7 +67,7 @@ class HostSysfs(Sysfs):
     def write(self, rel: str, value: str) -> None:
         # One write(2) on a descriptor opened without O_CREAT: sysfs hands each write to
         # the attribute's store method whole, and a missing attribute must fail with ENOENT.
-        fd = os.open(self.path(rel), os.O_WRONLY)
+        fd = os.open(self.file(rel), os.O_WRONLY)
         try:
             os.write(fd, value.encode("ascii"))
         finally:
