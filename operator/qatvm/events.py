@@ -3,10 +3,17 @@
 Posted with our own client rather than kopf's queue, because most of them come from background
 loops (scheduling, device health) where kopf's per-handler posting context does not exist.
 A failure to post is logged and otherwise ignored: an Event is a courtesy, never a state.
+
+Posting only queues the Event; a few sender tasks write them in order. The writes that carry
+state (an allocation, a VM's status) then never wait behind Events, nor share the API server
+with a burst of them: in a burst of placements the Events follow a little later, as client-go's
+recorder also sends them in the background. A backlog past `BACKLOG` drops new Events, counted
+and logged, rather than grow without bound while the API server is away.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
 from typing import Any
@@ -19,14 +26,23 @@ from lightkube.resources.core_v1 import Event
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE = 1024
+SENDERS = 2
+BACKLOG = 4096
 
 
 class EventRecorder:
-    def __init__(self, client: AsyncClient, component: str) -> None:
+    def __init__(self, client: AsyncClient, component: str, senders: int = SENDERS, backlog: int = BACKLOG) -> None:
         self.client = client
         self.component = component
+        self.senders = senders
+        self.backlog = backlog
+        self.dropped = 0
+        # Made on first use, inside the event loop that sends.
+        self._queue: asyncio.Queue[Event] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     async def post(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        """Queue an Event about `body`; it is written soon, in the order posted."""
         meta = body["metadata"]
         now = datetime.datetime.now(datetime.UTC)
         event = Event(
@@ -48,6 +64,43 @@ class EventRecorder:
             count=1,
         )
         try:
-            await self.client.create(event)
-        except Exception as error:  # noqa: BLE001 - see the module docstring
-            log.warning("could not post event %s on %s: %s", reason, meta["name"], error)
+            self._sending().put_nowait(event)
+        except asyncio.QueueFull:
+            self.dropped += 1
+            log.warning("dropped event %s on %s: %d events wait to be sent", reason, meta["name"], self.backlog)
+
+    @property
+    def waiting(self) -> int:
+        """Events posted and not yet written."""
+        return self._queue.qsize() if self._queue is not None else 0
+
+    async def sent(self) -> None:
+        """Until every Event posted so far has been written (or failed)."""
+        if self._queue is not None:
+            await self._queue.join()
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        self._queue = None
+
+    def _sending(self) -> asyncio.Queue[Event]:
+        if self._queue is None:
+            self._queue = asyncio.Queue(maxsize=self.backlog)
+            self._tasks = [
+                asyncio.create_task(self._send(self._queue), name=f"events {self.component}") for _ in range(self.senders)
+            ]
+        return self._queue
+
+    async def _send(self, queue: asyncio.Queue[Event]) -> None:
+        while True:
+            event = await queue.get()
+            try:
+                await self.client.create(event)
+            except Exception as error:  # noqa: BLE001 - see the module docstring
+                assert event.involvedObject is not None
+                log.warning("could not post event %s on %s: %s", event.reason, event.involvedObject.name, error)
+            finally:
+                queue.task_done()

@@ -378,6 +378,7 @@ class NodeAgent:
 
     async def close(self) -> None:
         await self.queue.stop()
+        await self.events.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.scanner.shutdown(wait=False, cancel_futures=True)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import socket
 import sys
@@ -58,6 +59,10 @@ async def _lead_or_stand_by(args: argparse.Namespace) -> int:
     stop.set()
     holder.cancel()
     await asyncio.gather(operator, holder, return_exceptions=True)
+    # Events still queued are a courtesy worth a moment on a clean stop, not a delayed exit.
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(scheduler.events.sent(), timeout=2.0)
+    await scheduler.events.close()
     if holder in done:
         return 1  # leadership lost: exit, so the restart rejoins as a standby
     await election.release()
