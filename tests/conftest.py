@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import lightkube
 import pytest
+from lightkube import KubeConfig
 
 from qatvm.controlplane.server import ControlPlane
 from qatvm.hardware import HardwareProfile, generate
@@ -34,6 +36,14 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
 @pytest.fixture(scope="session")
 def kubectl(control_plane: ControlPlane) -> Kubectl:
     return Kubectl(control_plane.kubectl, control_plane.kubeconfig)
+
+
+@pytest.fixture
+async def kube(control_plane: ControlPlane) -> AsyncIterator[lightkube.AsyncClient]:
+    """An admin's async client, as the operator's code takes one."""
+    client = lightkube.AsyncClient(config=KubeConfig.from_file(str(control_plane.kubeconfig)))
+    yield client
+    await client.close()
 
 
 @pytest.fixture

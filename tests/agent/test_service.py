@@ -14,13 +14,11 @@ from typing import Any
 
 import lightkube
 import pytest
-from lightkube import KubeConfig
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Node as KubeNode
 from lightkube.types import PatchType
 
 from qatvm.agent.service import FINALIZER, NodeAgent
-from qatvm.controlplane.server import ControlPlane
 from qatvm.hypervisor import DomainState
 from qatvm.kube import QatVirtualMachineResource
 from qatvm.node.binding import VfBinder
@@ -28,13 +26,6 @@ from qatvm.node.sysfs import open_sysfs
 from simnode import BASE, GEN4_A, GEN4_B, GEN4_C, Node
 
 pytestmark = pytest.mark.controlplane
-
-
-@pytest.fixture
-async def kube(control_plane: ControlPlane) -> AsyncIterator[lightkube.AsyncClient]:
-    client = lightkube.AsyncClient(config=KubeConfig.from_file(str(control_plane.kubeconfig)))
-    yield client
-    await client.close()
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from typing import Any
 
 import lightkube
 import pytest
-from lightkube import KubeConfig
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Node
 from lightkube.types import PatchType
@@ -38,13 +37,6 @@ def vm(name: str, namespace: str, count: int = 1) -> QatVirtualMachineResource:
         spec={"qat": {"count": count, "numa": "none"}, "image": {"path": "/var/lib/qatvm/images/a.qcow2"},
               "nodeSelector": {"qatvm.io/test": namespace}},
     )
-
-
-@pytest.fixture
-async def kube(control_plane: ControlPlane) -> AsyncIterator[lightkube.AsyncClient]:
-    client = lightkube.AsyncClient(config=KubeConfig.from_file(str(control_plane.kubeconfig)), field_manager="scheduler-test")
-    yield client
-    await client.close()
 
 
 @pytest.fixture
