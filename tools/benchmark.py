@@ -321,6 +321,7 @@ async def placement_phase(cluster: Cluster, nodes: int, vfs: int, vms: int, memo
         more = memory_vms - vms
         big = await operator_run(client, "bench-memory", more, placed, f"{more} more VMs")
         print(big.line())
+        await events_sent(client, "bench-memory")
         print(f"controller holding {memory_vms} VMs and {nodes} nodes: RSS {cluster.usage('controller')[0]:.0f} MiB (target < 150 MiB); "
               f"idle CPU over 10 s: {idle_cpu(cluster, 'controller'):.2f}s")
     await client.close()
