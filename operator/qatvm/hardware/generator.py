@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from qatvm.hardware.kernel import KernelState, SimulatedKernel
+from qatvm.hardware.numa import write_numa_nodes
 from qatvm.hardware.profile import HardwareProfile, PfSpec
 from qatvm.hardware.tree import VFIO_CONTAINER_MODE, Tree, bdf
 from qatvm.node.devices import BY_NAME, INTEL, VFIO_DENYLIST_PARAM, VFIO_PCI
@@ -38,6 +39,7 @@ class _Builder:
     def build(self) -> None:
         p = self.profile
         self.tree.skeleton(iommu=p.iommu, debugfs=p.debugfs)
+        write_numa_nodes(self.tree.root, p.numa_nodes)
         for driver in sorted(self._drivers()):
             self.tree.add_driver(driver)
         if p.vfio_pci:

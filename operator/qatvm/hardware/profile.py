@@ -9,6 +9,9 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from qatvm.api.cpulist import parse_cpulist
+from qatvm.api.hugepages import PageSize
+from qatvm.api.quantity import parse_bytes
 from qatvm.node.devices import BY_NAME, INTEL, VFIO_PCI, vfio_denylisted
 
 # "pf0", "pf0.vf3", "nic1", "dev0": a device named by its place in the profile.
@@ -85,6 +88,46 @@ class DeviceSpec(_Spec):
     share_iommu_group_with: str | None = Field(default=None, pattern=DEVICE_REF.pattern)
 
 
+class NumaNodeSpec(_Spec):
+    """One NUMA node: its CPUs, its memory and the huge pages reserved on it at boot."""
+
+    cpus: str
+    memory: str = "32Gi"
+    # Pages in each pool; all free, as on a node that runs nothing yet.
+    hugepages: dict[PageSize, int] = Field(default_factory=dict)
+
+    @field_validator("cpus")
+    @classmethod
+    def _cpulist(cls, value: str) -> str:
+        if not parse_cpulist(value):
+            raise ValueError("a NUMA node needs at least one CPU")
+        return value
+
+    @field_validator("memory")
+    @classmethod
+    def _quantity(cls, value: str) -> str:
+        parse_bytes(value)
+        return value
+
+    @property
+    def memory_bytes(self) -> int:
+        return parse_bytes(self.memory)
+
+    @model_validator(mode="after")
+    def _pages_fit(self) -> NumaNodeSpec:
+        pooled = sum(size.bytes * count for size, count in self.hugepages.items())
+        if pooled > self.memory_bytes:
+            raise ValueError(f"hugepages take {pooled} bytes, more than the node's memory ({self.memory})")
+        return self
+
+
+def _two_numa_nodes() -> list[NumaNodeSpec]:
+    return [
+        NumaNodeSpec(cpus="0-15", memory="32Gi", hugepages={PageSize.SIZE_1GI: 8, PageSize.SIZE_2MI: 0}),
+        NumaNodeSpec(cpus="16-31", memory="32Gi", hugepages={PageSize.SIZE_1GI: 8, PageSize.SIZE_2MI: 0}),
+    ]
+
+
 class HardwareProfile(_Spec):
     """One node: its PCI functions and the state of the kernel modules qatvm cares about."""
 
@@ -99,6 +142,21 @@ class HardwareProfile(_Spec):
     pfs: list[PfSpec] = Field(default_factory=list)
     nics: list[NicSpec] = Field(default_factory=list)
     devices: list[DeviceSpec] = Field(default_factory=list)
+    # NUMA node N is item N. Unless a profile says otherwise, a node is a two-socket server.
+    numa_nodes: list[NumaNodeSpec] = Field(default_factory=_two_numa_nodes, min_length=1)
+
+    @model_validator(mode="after")
+    def _numa_layout(self) -> HardwareProfile:
+        seen: set[int] = set()
+        for node in self.numa_nodes:
+            cpus = parse_cpulist(node.cpus)
+            if cpus & seen:
+                raise ValueError(f"CPUs {sorted(cpus & seen)} belong to more than one NUMA node")
+            seen |= cpus
+        for item in [*self.pfs, *self.nics, *self.devices]:
+            if item.numa_node >= len(self.numa_nodes):
+                raise ValueError(f"a device sits on NUMA node {item.numa_node}, but the profile has {len(self.numa_nodes)}")
+        return self
 
     @model_validator(mode="after")
     def _prebinding_possible(self) -> HardwareProfile:
