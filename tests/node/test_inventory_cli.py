@@ -92,7 +92,7 @@ def test_table(make_node: MakeNode, capsys: pytest.CaptureFixture[str]) -> None:
         ["0000:20:00.0", "0000:20:00.2", "6xxx", "dcc", "0", "6", "-", "no", "ok"],
     ]
     assert lines[6] == ""
-    notes = lines[7:]
+    notes = lines[7:11]
     assert [n.split(":")[0:3] for n in notes] == [
         ["0000", "19", "01.0"],
         ["0000", "20", "00.1"],
@@ -101,10 +101,33 @@ def test_table(make_node: MakeNode, capsys: pytest.CaptureFixture[str]) -> None:
     ]
     assert "disable_denylist=1" in notes[0]
     assert notes[3].endswith("SR-IOV is off; enable VFs by writing a count to its sriov_numvfs")
+    # The NUMA layout follows: the profile's default two-socket node, VFs counted where they sit.
+    assert lines[11] == ""
+    assert [line.split() for line in lines[12:]] == [
+        ["NUMA", "CPUS", "MEMORY", "HUGEPAGES", "2Mi", "FREE/TOTAL", "HUGEPAGES", "1Gi", "FREE/TOTAL", "QAT", "VFS"],
+        ["0", "0-15", "32Gi", "0/0", "8/8", "3"],
+        ["1", "16-31", "32Gi", "0/0", "8/8", "0"],
+    ]
+
+
+def test_table_shows_a_profile_s_numa_layout(make_node: MakeNode, capsys: pytest.CaptureFixture[str]) -> None:
+    profile = {"numa_nodes": [{"cpus": "0-3,8-11", "memory": "16Gi", "hugepages": {"2Mi": 512}}]}
+    root = str(make_node(profile).root)
+    lines = run(capsys, "--sysfs-root", root).splitlines()
+    assert [line.split() for line in lines[-1:]] == [["0", "0-3,8-11", "16Gi", "512/512", "0/0", "0"]]
+    status = json.loads(run(capsys, "--sysfs-root", root, "-o", "json"))
+    # JSON shows the node as the kernel does: nothing is reserved, huge page pools are not ordinary memory.
+    assert status["numa"] == [{
+        "id": 0, "cpus": "0-3,8-11", "reservedCpus": "", "memory": 15 << 30, "reservedMemory": 0,
+        "hugepages": {"2Mi": 512, "1Gi": 0}, "hugepagesFree": {"2Mi": 512, "1Gi": 0},
+        "allocated": {"vcpus": 0, "memory": 0, "hugepages": {}, "dedicatedCpus": ""},
+    }]
+    assert (status["freeCpus"], status["freeMemory"]) == (8, "15Gi")
 
 
 def test_table_on_an_empty_node(make_node: MakeNode, capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(capsys, "--sysfs-root", str(make_node({"nics": [{"vfs": 4}]}).root)) == "No QAT VFs found.\n"
+    out = run(capsys, "--sysfs-root", str(make_node({"nics": [{"vfs": 4}]}).root))
+    assert out.startswith("No QAT VFs found.\n\nNUMA")
 
 
 def test_extra_vf_ids(make_node: MakeNode, capsys: pytest.CaptureFixture[str]) -> None:

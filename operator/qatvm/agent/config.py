@@ -7,6 +7,7 @@ from pathlib import Path, PurePosixPath
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from qatvm.domain.spec import CpuMode, VirtType
+from qatvm.node.capacity import HostReservation
 from qatvm.node.devices import ExtraVfId
 from qatvm.node.images import DEFAULT_IMAGE_DIR, ImagePolicy
 
@@ -36,6 +37,8 @@ class AgentConfig(BaseModel):
     state_path: PurePosixPath = STATE_DIR
     # Node paths; the only places `spec.image.path` (and every backing file) may resolve into.
     image_dirs: tuple[PurePosixPath, ...] = (DEFAULT_IMAGE_DIR,)
+    # What VMs may never have of the node's CPUs and memory.
+    reservation: HostReservation = HostReservation()
 
     @model_validator(mode="after")
     def _image_dirs_spare_the_state(self) -> AgentConfig:

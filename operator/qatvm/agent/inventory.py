@@ -7,6 +7,7 @@ of its own sysfs.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 from lightkube import AsyncClient
@@ -18,9 +19,13 @@ from lightkube.types import PatchType
 from qatvm import metrics
 from qatvm.agent.config import AgentConfig
 from qatvm.api.base import ObjectRef
+from qatvm.api.holdings import hold
 from qatvm.api.qatnode import QatNodeStatus
+from qatvm.api.vm import ResourceAllocation
 from qatvm.kube import QatNodeResource
+from qatvm.node.capacity import numa_capacity
 from qatvm.node.discovery import discover
+from qatvm.node.numa import read_numa_nodes
 from qatvm.node.sysfs import Sysfs
 
 log = logging.getLogger(__name__)
@@ -28,13 +33,17 @@ log = logging.getLogger(__name__)
 EXTENDED_RESOURCE = "qatvm.io/vf"
 
 
-def scan(config: AgentConfig, sysfs: Sysfs, holders: dict[str, ObjectRef]) -> QatNodeStatus:
-    """The node's VFs as sysfs shows them now, each marked with the VM that holds it."""
+def scan(
+    config: AgentConfig, sysfs: Sysfs, holders: dict[str, ObjectRef], allocations: Iterable[ResourceAllocation] = ()
+) -> QatNodeStatus:
+    """The node's VFs and NUMA nodes as sysfs shows them now, with what the node's VMs hold."""
     vfs = [
         vf.model_copy(update={"allocated_to": holders.get(vf.pci_address)})
         for vf in discover(sysfs, config.extra_vf_ids).vfs
     ]
-    return QatNodeStatus(vfs=vfs)
+    bound, unbound = hold(allocations)
+    numa = numa_capacity(read_numa_nodes(sysfs), config.reservation, bound)
+    return QatNodeStatus(vfs=vfs, numa=numa, unbound=unbound)
 
 
 def managed_count(status: QatNodeStatus) -> int:

@@ -17,7 +17,10 @@ from qatvm import health, logs, metrics
 from qatvm.agent import handlers
 from qatvm.agent.config import STATE_DIR, AgentConfig
 from qatvm.agent.service import NodeAgent
+from qatvm.api.cpulist import parse_cpulist
+from qatvm.api.quantity import parse_bytes
 from qatvm.domain.spec import CpuMode, VirtType
+from qatvm.node.capacity import HostReservation
 from qatvm.node.devices import ExtraVfId
 from qatvm.node.images import DEFAULT_IMAGE_DIR
 
@@ -43,6 +46,10 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, AgentConfig]:
     parser.add_argument("--state-dir", type=PurePosixPath, default=STATE_DIR, metavar="DIR",
                         help="node path (under HOST_ROOT) of the agent's files: binding records, VM disks and "
                         "seeds (default: %(default)s)")
+    parser.add_argument("--reserved-cpus", type=parse_cpulist, metavar="CPULIST",
+                        help="host CPUs no VM gets, e.g. 0,16 (default: the first CPU of each NUMA node)")
+    parser.add_argument("--reserved-memory", type=parse_bytes, default="1Gi", metavar="QUANTITY",
+                        help="ordinary memory kept for the host on each NUMA node (default: 1Gi)")
     parser.add_argument("--health-port", type=int, default=0, help="serve GET /healthz on this port (0: off)")
     metrics.add_arguments(parser)
     parser.add_argument("--verbose", action="store_true")
@@ -64,6 +71,7 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, AgentConfig]:
             audit_seconds=args.audit_seconds,
             image_dirs=tuple(args.image_dirs or (DEFAULT_IMAGE_DIR,)),
             state_path=args.state_dir,
+            reservation=HostReservation(cpus=args.reserved_cpus, memory_per_numa_node=args.reserved_memory),
         )
     except ValidationError as error:
         parser.error("; ".join(str(e["msg"]) for e in error.errors()))

@@ -296,11 +296,12 @@ class NodeAgent:
         that names it and, over that, by the VM its binding record names, until it is back with
         its host driver."""
         placed = {d.pci_address: ref for body in self.vms.values() for ref, d in _devices(body)}
+        allocations = [held for body in self.vms.values() if (held := QatVirtualMachine.model_validate(body).status.resources)]
 
         def read() -> QatNodeStatus:
             with self.reconciler.sysfs_lock:
                 recorded = {r.address: r.owner for r in self.reconciler.binder.records() if r.owner is not None}
-                return scan(self.config, self.sysfs, {**placed, **recorded})
+                return scan(self.config, self.sysfs, {**placed, **recorded}, allocations)
 
         status = await asyncio.get_running_loop().run_in_executor(self.scanner, read)
         self.inventory = status

@@ -17,6 +17,8 @@ from lightkube.utils.quantity import parse_quantity
 # The API server's numeral (apimachinery's parseQuantityString): sign, digits, dot, digits, any part empty.
 _NUMERAL = re.compile(r"^([+-]?)([0-9]*)(?:\.([0-9]*))?(.*)$", re.DOTALL)
 _UPPER_EXPONENT = re.compile(r"^E(?=[+-]?[0-9]+$)")
+# Largest first: a count is written in the largest binary unit that divides it.
+_BINARY = [(suffix, 1024**power) for power, suffix in reversed(list(enumerate(("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"), start=1)))]
 
 
 def parse_bytes(quantity: str | int) -> int:
@@ -33,3 +35,11 @@ def parse_bytes(quantity: str | int) -> int:
         raise ValueError(f"{quantity!r} is not a Kubernetes quantity") from error
     assert value is not None  # None only for None
     return int(value.to_integral_value(rounding=ROUND_CEILING))
+
+
+def format_bytes(count: int) -> str:
+    """`count` bytes as an exact quantity in the largest binary unit that divides it (`30Gi`)."""
+    for suffix, unit in _BINARY:
+        if count and count % unit == 0:
+            return f"{count // unit}{suffix}"
+    return str(count)

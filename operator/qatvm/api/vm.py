@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from qatvm.api.base import ApiModel, ObjectRef
+from qatvm.api.hugepages import PageSize
 from qatvm.api.quantity import parse_bytes
 
 GROUP = "qatvm.io"
@@ -42,10 +43,18 @@ class CloudInit(ApiModel):
     user_data: str | None = None
 
 
+class Hugepages(ApiModel):
+    page_size: PageSize
+
+
 class VmSpec(ApiModel):
     running: bool = True
     vcpus: int = 1
     memory: str = "1Gi"
+    # Guest memory from the host's huge page pool of this size; None: ordinary memory.
+    hugepages: Hugepages | None = None
+    # Each vCPU on a host CPU no other qatvm VM uses.
+    dedicated_cpus: bool = False
     qat: QatRequest
     image: Image
     cloud_init: CloudInit | None = None
@@ -77,6 +86,25 @@ class AllocatedDevice(ApiModel):
     driver: str | None = None
 
 
+class ResourceAllocation(ApiModel):
+    """The CPUs and memory the controller gave the VM, recorded with its VFs."""
+
+    vcpus: int
+    memory: str
+    hugepage_size: PageSize | None = None
+    # The NUMA node its vCPUs and memory are bound to; None: they float over the whole node.
+    numa_node: int | None = None
+    # Host CPUs the vCPUs are pinned to (a CPU list); None: not pinned.
+    cpus: str | None = None
+    dedicated: bool = False
+    # `qat.numa: require`: memory may come from no other NUMA node.
+    strict: bool = False
+
+    @property
+    def memory_bytes(self) -> int:
+        return parse_bytes(self.memory)
+
+
 class DomainStatus(ApiModel):
     name: str | None = None
     uuid: str | None = None
@@ -97,6 +125,7 @@ class VmStatus(ApiModel):
     node_name: str | None = None
     pci_addresses: str | None = None
     devices: list[AllocatedDevice] = Field(default_factory=list)
+    resources: ResourceAllocation | None = None
     domain: DomainStatus | None = None
     conditions: list[Condition] = Field(default_factory=list)
     observed_generation: int | None = None
