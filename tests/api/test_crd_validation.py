@@ -65,6 +65,8 @@ BAD = [
     # 32769 characters, well under 65536 of them, but 65538 bytes.
     pytest.param(with_spec(cloudInit__userData="é" * 32769), "spec.cloudInit.userData", "must be at most 65536 bytes (64 KiB) as UTF-8", id="ud-utf8"),
     pytest.param(with_spec(nodeSelector={"zone": 1}), "spec.nodeSelector.zone", "must be of type string", id="sel-type"),
+    pytest.param(with_spec(hugepages__pageSize="4Ki"), "spec.hugepages.pageSize", 'Unsupported value: "4Ki"', id="unknown-page-size"),
+    pytest.param(with_spec(dedicatedCpus="yes"), "spec.dedicatedCpus", "must be of type boolean", id="dedicated-not-bool"),
 ]
 
 
@@ -172,7 +174,7 @@ def test_qat_is_frozen_once_scheduled(kubectl: Kubectl, namespace: str) -> None:
     obj["metadata"]["namespace"] = namespace
     kubectl.apply(obj)
     # Before scheduling, the request may still change.
-    kubectl.run("patch", "qvm", "bad", "-n", namespace, "--type=merge", "-p", '{"spec":{"qat":{"count":3}}}')
+    kubectl.run("patch", "qvm", "bad", "-n", namespace, "--type=merge", "-p", '{"spec":{"qat":{"count":3},"vcpus":2}}')
     kubectl.run(
         "patch", "qvm", "bad", "-n", namespace, "--subresource=status", "--type=merge",
         "-p", '{"status":{"nodeName":"node-1","phase":"Scheduled"}}',
@@ -180,10 +182,16 @@ def test_qat_is_frozen_once_scheduled(kubectl: Kubectl, namespace: str) -> None:
     refused = kubectl.run("patch", "qvm", "bad", "-n", namespace, "--type=merge", "-p", '{"spec":{"qat":{"count":4}}}', check=False)
     assert refused.returncode != 0
     assert "spec.qat" in refused.stderr and "cannot change once the VM is scheduled" in refused.stderr, refused.stderr
-    # Everything else in spec stays editable: that is how users stop and start VMs.
-    kubectl.run("patch", "qvm", "bad", "-n", namespace, "--type=merge", "-p", '{"spec":{"running":false,"vcpus":4}}')
+    # What the node holds for the VM is frozen with its VFs.
+    for change in ('{"spec":{"vcpus":4}}', '{"spec":{"memory":"2Gi"}}', '{"spec":{"dedicatedCpus":true}}',
+                   '{"spec":{"hugepages":{"pageSize":"2Mi"}}}'):
+        refused = kubectl.run("patch", "qvm", "bad", "-n", namespace, "--type=merge", "-p", change, check=False)
+        assert refused.returncode != 0, change
+        assert "vcpus, memory, hugepages and dedicatedCpus cannot change once the VM is scheduled" in refused.stderr
+    # The rest of spec stays editable: that is how users stop and start VMs.
+    kubectl.run("patch", "qvm", "bad", "-n", namespace, "--type=merge", "-p", '{"spec":{"running":false}}')
     spec = kubectl.json("get", "qvm", "bad", "-n", namespace)["spec"]
-    assert spec["qat"]["count"] == 3 and spec["running"] is False
+    assert spec["qat"]["count"] == 3 and spec["running"] is False and spec["vcpus"] == 2
 
 
 def test_printer_columns(kubectl: Kubectl, namespace: str) -> None:
@@ -202,11 +210,11 @@ def test_qatnode_columns(kubectl: Kubectl) -> None:
     try:
         kubectl.run(
             "patch", "qatnode", "columns-node", "--subresource=status", "--type=merge",
-            "-p", '{"status":{"total":8,"free":6,"unhealthy":1}}',
+            "-p", '{"status":{"total":8,"free":6,"unhealthy":1,"freeCpus":26,"freeMemory":"38Gi"}}',
         )
         header, row = kubectl.run("get", "qatnode", "columns-node").stdout.splitlines()
-        assert header.split() == ["NAME", "TOTAL", "FREE", "UNHEALTHY", "AGE"]
-        assert row.split()[:4] == ["columns-node", "8", "6", "1"]
+        assert header.split() == ["NAME", "TOTAL", "FREE", "UNHEALTHY", "FREE", "CPUS", "FREE", "MEMORY", "AGE"]
+        assert row.split()[:6] == ["columns-node", "8", "6", "1", "26", "38Gi"]
     finally:
         kubectl.run("delete", "qatnode", "columns-node")
 

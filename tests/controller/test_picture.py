@@ -56,10 +56,14 @@ def node_body(name: str, **labels: str) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels}}
 
 
-def inventory_body(name: str, *addresses: str) -> dict[str, Any]:
+# Room for every VM these tests place: CPUs and memory are not what they are about.
+NUMA = [{"id": 0, "cpus": "0-63", "memory": 256 << 30, "hugepages": {"1Gi": 16}}]
+
+
+def inventory_body(name: str, *addresses: str, numa: list[dict[str, Any]] = NUMA) -> dict[str, Any]:
     return {
         "apiVersion": "qatvm.io/v1alpha1", "kind": "QatNode", "metadata": {"name": name},
-        "status": {"vfs": [vf(a) for a in addresses], "total": len(addresses), "free": len(addresses)},
+        "status": {"vfs": [vf(a) for a in addresses], "total": len(addresses), "free": len(addresses), "numa": numa},
     }
 
 
@@ -280,3 +284,70 @@ def test_quota_counts_what_a_namespace_holds_and_says_the_numbers() -> None:
     assert isinstance(too_big, NoFit) and too_big.never
     picture.observe_namespace({"metadata": {"name": "team-a", "annotations": {"qatvm.io/vf-quota": "oops"}}})
     assert picture.quotas["team-a"] == 0  # a typo caps everything rather than nothing
+
+
+# --- CPUs, memory and huge pages ----------------------------------------------------------------
+
+
+SMALL = [{"id": 0, "cpus": "1-8", "memory": 8 << 30, "hugepages": {"1Gi": 4}}]
+
+
+def _sized(uid: str, vcpus: int, memory: str = "1Gi", dedicated: bool = False, page: str | None = None) -> QatVirtualMachine:
+    body = vm_body(uid, name=uid[-4:])
+    body["spec"].update(vcpus=vcpus, memory=memory, dedicatedCpus=dedicated)
+    if page:
+        body["spec"]["hugepages"] = {"pageSize": page}
+    return QatVirtualMachine.model_validate(body)
+
+
+def _small_picture() -> ClusterPicture:
+    picture = ClusterPicture()
+    picture.observe_node(node_body("n1"))
+    picture.observe_inventory(inventory_body("n1", *(f"0000:10:00.{i}" for i in range(1, 8)), numa=SMALL))
+    return picture
+
+
+def test_reservations_take_cpus_and_memory_at_once_so_concurrent_decisions_cannot_overcommit() -> None:
+    picture = _small_picture()
+    first = picture.decide(_sized(UID, vcpus=6, dedicated=True), Strategy.PACK)
+    assert isinstance(first, Placement) and first.resources is not None and first.resources.cpus == "3-8"
+    # Before the first write returned: VFs are left, CPUs are not.
+    second = picture.decide(_sized(OTHER_UID, vcpus=3, dedicated=True), Strategy.PACK)
+    assert isinstance(second, NoFit) and second.reason == "InsufficientCPU" and not second.never
+    assert second.message == "needs 3 vCPUs; no node with its VFs free has that free now (1 of 1 QAT nodes could hold it when idle)"
+    smaller = picture.decide(_sized(OTHER_UID, vcpus=2, dedicated=True), Strategy.PACK)
+    assert isinstance(smaller, Placement) and smaller.resources is not None and smaller.resources.cpus == "1-2"
+    picture.release(OTHER_UID)
+    picture.release(UID)  # the writes failed: everything is free again
+    again = picture.decide(_sized(OTHER_UID, vcpus=8, dedicated=True), Strategy.PACK)
+    assert isinstance(again, Placement) and again.resources is not None and again.resources.cpus == "1-8"
+
+
+def test_written_resources_replace_the_reservation_and_go_with_the_vm() -> None:
+    picture = _small_picture()
+    placed = picture.decide(_sized(UID, vcpus=2, memory="6Gi"), Strategy.PACK)
+    assert isinstance(placed, Placement) and placed.resources is not None
+    body = vm_body(UID, rv="2", node="n1", devices=tuple(v.pci_address for v in placed.vfs))
+    body["status"]["resources"] = placed.resources.wire()
+    picture.observe_vm(body)
+    assert picture.reservations == {} and picture.nodes()[0].allocations == (placed.resources,)
+    memory = picture.decide(_sized(OTHER_UID, vcpus=1, memory="3Gi"), Strategy.PACK)
+    assert isinstance(memory, NoFit) and memory.reason == "InsufficientMemory"
+    pages = picture.decide(_sized(OTHER_UID, vcpus=1, memory="4Gi", page="1Gi"), Strategy.PACK)
+    assert isinstance(pages, Placement)  # huge pages are a pool of their own
+    picture.release(OTHER_UID)
+    picture.observe_vm(body, deleted=True)
+    assert picture.nodes()[0].allocations == ()
+    assert isinstance(picture.decide(_sized(OTHER_UID, vcpus=1, memory="8Gi"), Strategy.PACK), Placement)
+
+
+def test_more_than_a_node_ever_has_is_never_and_names_the_resource() -> None:
+    picture = _small_picture()
+    refused = picture.decide(_sized(UID, vcpus=1, memory="5Gi", page="1Gi"), Strategy.PACK)
+    assert isinstance(refused, NoFit) and refused.never and refused.reason == "InsufficientHugepages"
+    assert refused.message == "needs 5 huge pages of 1Gi; no node could hold it even when idle (the largest has 4)"
+    epoch = picture.layout_epoch
+    bigger = [{**SMALL[0], "hugepages": {"1Gi": 8}}]
+    picture.observe_inventory(inventory_body("n1", *(f"0000:10:00.{i}" for i in range(1, 8)), numa=bigger))
+    assert picture.layout_epoch > epoch  # a never-verdict is judged again
+    assert isinstance(picture.decide(_sized(UID, vcpus=1, memory="5Gi", page="1Gi"), Strategy.PACK), Placement)

@@ -28,7 +28,7 @@ def inventory(vfs: int) -> dict[str, Any]:
         {"pciAddress": f"0000:3d:01.{i}", "pfAddress": "0000:3d:00.0", "deviceId": "4941", "generation": "4xxx",
          "services": ["sym", "asym"], "numaNode": 0, "iommuGroup": 10 + i, "healthy": True, "assignable": True}
         for i in range(vfs)
-    ]}
+    ], "numa": [{"id": 0, "cpus": "0-63", "memory": 256 << 30}]}
 
 
 def vm(name: str, namespace: str, count: int = 1) -> QatVirtualMachineResource:

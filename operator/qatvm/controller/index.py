@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 
 from qatvm.api.qatnode import QatVf
 from qatvm.api.vm import QatRequest
-from qatvm.controller.placement import Placement, Strategy, choose_vfs, matches, offers, selects
+from qatvm.controller.placement import Placement, Strategy, matches, offers, selects
 
 Kind = tuple[str | None, frozenset[str] | None]
 
@@ -93,7 +93,9 @@ class FreeVfIndex:
         node_selector: Mapping[str, str],
         labels: Callable[[str], Mapping[str, str]],
         strategy: Strategy,
+        fit: Callable[[str, list[QatVf]], Placement | None],
     ) -> Placement | None:
+        """The first node in rank order where `fit` places the VM on the node's usable free VFs."""
         counts = self._counts_for(kind_of(request))
         sizes = sorted((n for n in counts.by_count if n >= request.count), reverse=strategy is Strategy.SPREAD)
         for size in sizes:
@@ -101,9 +103,9 @@ class FreeVfIndex:
                 if not selects(node_selector, labels(node)):
                     continue
                 usable = [vf for vf in self.free[node].values() if matches(vf, request)]
-                chosen = choose_vfs(usable, request.count, request.numa)
-                if chosen is not None:
-                    return Placement(node=node, vfs=chosen)
+                placement = fit(node, usable)
+                if placement is not None:
+                    return placement
         return None
 
 

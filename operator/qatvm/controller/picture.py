@@ -3,10 +3,12 @@
 A VF is free when its node exists, its QatNode lists it healthy and assignable and held by no
 VM (`allocatedTo`: the node's word that it has given the VF back), no VM that exists has it in
 its status, and no decision whose write is still under way has reserved it. Every event changes
-only the VFs it touches, in the index of free VFs, so no decision rebuilds anything.
+only the VFs it touches, in the index of free VFs, so no decision rebuilds anything. The CPUs,
+memory and huge pages VMs hold are kept per node the same way, with what each node has left
+worked out again only after something on that node changed.
 
-Reservations make decisions without waiting for writes safe: the VFs of a decision are taken at
-once, before its write is sent. A write that surely failed (the API server answered) gives them
+Reservations make decisions without waiting for writes safe: the VFs, CPUs and memory of a
+decision are taken at once, before its write is sent. A write that surely failed (the API server answered) gives them
 back; one whose outcome is unknown (a timeout, a dropped connection) keeps them until the VM's
 next version shows whether the write landed.
 """
@@ -18,10 +20,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from qatvm.api.qatnode import QatNodeStatus, QatVf
-from qatvm.api.vm import QatVirtualMachine
+from qatvm.api.qatnode import NumaNodeCapacity, QatNodeStatus, QatVf
+from qatvm.api.vm import QatVirtualMachine, ResourceAllocation
 from qatvm.controller.index import FreeVfIndex
-from qatvm.controller.placement import NodeInventory, NoFit, Placement, Strategy, explain
+from qatvm.controller.placement import NodeInventory, NoFit, Placement, Strategy, explain, fit_node
+from qatvm.controller.resources import NodeResources, ResourceRequest, Shortfall, left_on
 from qatvm.controller.quota import over_quota, quota_of
 
 
@@ -30,6 +33,8 @@ class Holding:
     namespace: str
     node: str
     addresses: tuple[str, ...]
+    # None for a VM placed before CPUs and memory were accounted, or one whose node is gone.
+    resources: ResourceAllocation | None = None
 
 
 @dataclass
@@ -45,10 +50,21 @@ def _capacity_view(vf: QatVf) -> tuple[object, ...]:
     return (vf.pci_address, vf.healthy, vf.assignable, vf.generation, tuple(vf.services or ()), vf.numa_node)
 
 
+def _layout(numa: NumaNodeCapacity) -> tuple[object, ...]:
+    # What placement reads of a NUMA node: not what the agent says VMs hold, which moves with every VM.
+    return (numa.id, numa.cpus, numa.memory, tuple(sorted(numa.hugepages.items())))
+
+
 class ClusterPicture:
     def __init__(self) -> None:
         self.labels: dict[str, dict[str, str]] = {}
         self.inventories: dict[str, dict[str, QatVf]] = {}
+        # Each node's NUMA nodes as its agent published them (what VMs may use of each).
+        self.capacity: dict[str, tuple[NumaNodeCapacity, ...]] = {}
+        # node -> uid -> the CPUs and memory a VM holds or has reserved there.
+        self._resources: dict[str, dict[str, ResourceAllocation]] = {}
+        # node -> what it has left; dropped whenever its capacity or holdings change.
+        self._left: dict[str, NodeResources] = {}
         # uid -> what the VM's status says it holds; dropped only when the VM is gone.
         self.allocations: dict[str, Holding] = {}
         self.reservations: dict[str, Reservation] = {}
@@ -78,7 +94,8 @@ class ClusterPicture:
             # Allocations never change while the VM exists (spec.qat is frozen once placed), so an
             # older event arriving late can never free a VF early.
             addresses = tuple(d["pciAddress"] for d in status.get("devices") or ())
-            holding = Holding(meta["namespace"], status["nodeName"], addresses)
+            resources = ResourceAllocation.model_validate(status["resources"]) if status.get("resources") else None
+            holding = Holding(meta["namespace"], status["nodeName"], addresses, resources)
             reservation = self.reservations.pop(uid, None)
             if reservation and reservation.holding == holding and uid not in self.allocations:
                 self.allocations[uid] = holding  # the reserved VFs, now on record
@@ -116,14 +133,22 @@ class ClusterPicture:
         name = body["metadata"]["name"]
         status = body.get("status")
         before = self.inventories.get(name, {})
-        after = {} if deleted or not status else {
-            vf.pci_address: vf for vf in QatNodeStatus.model_validate({"vfs": status.get("vfs") or []}).vfs
-        }
+        read = None if deleted or not status else QatNodeStatus.model_validate(
+            {"vfs": status.get("vfs") or [], "numa": status.get("numa") or []}
+        )
+        after = {vf.pci_address: vf for vf in read.vfs} if read else {}
         if after:
             self.inventories[name] = after
         else:
             self.inventories.pop(name, None)
-        if sorted(map(_capacity_view, before.values())) != sorted(map(_capacity_view, after.values())):
+        numa_before = self.capacity.pop(name, ())
+        if read and read.numa and after:
+            self.capacity[name] = tuple(read.numa)
+        numa_after = self.capacity.get(name, ())
+        if list(map(_layout, numa_before)) != list(map(_layout, numa_after)):
+            self._left.pop(name, None)
+            self._changed_layout()
+        elif sorted(map(_capacity_view, before.values())) != sorted(map(_capacity_view, after.values())):
             self._changed_layout()
         for address in before.keys() | after.keys():
             self._refresh(name, address)
@@ -148,10 +173,22 @@ class ClusterPicture:
         refused = over_quota(namespace, self.quotas.get(namespace), self._held_in[namespace], request.count)
         if refused:
             return refused
-        placement = self.index.pick(request, vm.spec.node_selector, self._labels_of, strategy)
+        need = ResourceRequest.of(vm.spec)
+        short: list[Shortfall] = []
+
+        def fit(node: str, usable: list[QatVf]) -> Placement | None:
+            outcome = fit_node(node, usable, request, need, self.left(node))
+            if isinstance(outcome, Shortfall):
+                short.append(outcome)
+                return None
+            return outcome
+
+        placement = self.index.pick(request, vm.spec.node_selector, self._labels_of, strategy, fit)
         if placement is None:
-            return explain(request, vm.spec.node_selector, self.nodes())
-        holding = Holding(namespace, placement.node, tuple(vf.pci_address for vf in placement.vfs))
+            return explain(request, vm.spec.node_selector, self.nodes(), need, short)
+        holding = Holding(
+            namespace, placement.node, tuple(vf.pci_address for vf in placement.vfs), placement.resources
+        )
         self.reservations[vm.metadata["uid"]] = Reservation(holding, vm.metadata["resourceVersion"])
         self._take(vm.metadata["uid"], holding)
         return placement
@@ -171,7 +208,10 @@ class ClusterPicture:
     def nodes(self) -> list[NodeInventory]:
         # Only nodes with both a Node object and an inventory can take VMs.
         return [
-            NodeInventory(name=name, labels=self.labels[name], vfs=tuple(vfs.values()))
+            NodeInventory(
+                name=name, labels=self.labels[name], vfs=tuple(vfs.values()), capacity=self.capacity.get(name, ()),
+                allocations=tuple(self._resources.get(name, {}).values()),
+            )
             for name, vfs in self.inventories.items()
             if name in self.labels
         ]
@@ -185,6 +225,16 @@ class ClusterPicture:
     def holdings(self) -> Iterator[tuple[str, Holding]]:
         yield from self.allocations.items()
         yield from ((uid, r.holding) for uid, r in self.reservations.items())
+
+    def left(self, node: str) -> NodeResources | None:
+        """What a node has left of CPUs, memory and huge pages; None until it has published them."""
+        capacity = self.capacity.get(node)
+        if not capacity:
+            return None
+        left = self._left.get(node)
+        if left is None:
+            left = self._left[node] = left_on(list(capacity), self._resources.get(node, {}).values())
+        return left
 
     # -- bookkeeping -----------------------------------------------------------------------------
 
@@ -212,6 +262,9 @@ class ClusterPicture:
 
     def _take(self, uid: str, holding: Holding) -> None:
         self._held_in[holding.namespace] += len(holding.addresses)
+        if holding.resources is not None:
+            self._resources.setdefault(holding.node, {})[uid] = holding.resources
+            self._left.pop(holding.node, None)
         for address in holding.addresses:
             self._holders.setdefault((holding.node, address), set()).add(uid)
             self.index.discard(holding.node, address)
@@ -220,6 +273,12 @@ class ClusterPicture:
         self._held_in[holding.namespace] -= len(holding.addresses)
         if self._held_in[holding.namespace] <= 0:
             del self._held_in[holding.namespace]
+        if holding.resources is not None:
+            held = self._resources.get(holding.node, {})
+            held.pop(uid, None)
+            if not held:
+                self._resources.pop(holding.node, None)
+            self._left.pop(holding.node, None)
         for address in holding.addresses:
             holders = self._holders.get((holding.node, address))
             if holders is not None:

@@ -31,6 +31,7 @@ from qatvm.api import conditions as cond
 from qatvm.api.vm import AllocatedDevice, Phase, QatVirtualMachine
 from qatvm.controller.picture import ClusterPicture
 from qatvm.controller.placement import NoFit, Placement, Strategy
+from qatvm.controller.resources import describe
 from qatvm.events import EventRecorder
 from qatvm.kube import QatNodeResource, QatVirtualMachineResource
 
@@ -204,6 +205,8 @@ class Scheduler:
         meta = vm.metadata
         generation = meta.get("generation")
         summary = f"{len(placement.vfs)} VFs on {placement.node}: {', '.join(v.pci_address for v in placement.vfs)}"
+        if placement.resources is not None:
+            summary += f"; {describe(placement.resources)}"
         conditions = cond.set_condition(vm.status.conditions, cond.SCHEDULED, "True", "Scheduled", summary, generation)
         conditions = cond.set_condition(conditions, cond.READY, "False", "Scheduled", f"waiting for the agent on {placement.node}", generation)
         conditions = cond.set_condition(conditions, cond.RECONCILING, "True", "Scheduled", "binding VFs and starting the domain", generation)
@@ -222,6 +225,8 @@ class Scheduler:
             "devices": [d.wire() for d in devices],
             "conditions": [c.wire() for c in conditions],
         }
+        if placement.resources is not None:
+            status["resources"] = placement.resources.wire()
         try:
             updated = await self._patch_status(meta, status)
         finally:
