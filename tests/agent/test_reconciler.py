@@ -15,7 +15,7 @@ import pycdlib
 import pytest
 
 from qatvm.agent.reconciler import AllocationMissing, ForeignDeviceError
-from qatvm.api.vm import AllocatedDevice, Phase
+from qatvm.api.vm import AllocatedDevice, Phase, QatVirtualMachine
 from qatvm.domain.builder import build_domain
 from qatvm.domain.disks import image_info
 from qatvm.domain.naming import domain_name, domain_uuid
@@ -390,3 +390,47 @@ def test_a_recreated_vm_of_the_same_name_replaces_the_old_ones_domain_and_keeps_
     assert agent.remove(old.ref.uid) == []
     assert agent.hypervisor.state(domain_name("team-a", "web")) is DomainState.RUNNING
     assert node.driver(GEN4_B) == "vfio-pci"
+
+
+# --- placement on the host's CPUs and memory ------------------------------------------------
+
+
+def _placed(vm: QatVirtualMachine, vcpus: int, spec: dict[str, Any], **resources: Any) -> QatVirtualMachine:
+    body = vm.model_dump(by_alias=True, mode="json")
+    body["spec"].update(vcpus=vcpus, **spec)
+    body["status"]["resources"] = {"vcpus": vcpus, "memory": body["spec"]["memory"], **resources}
+    return QatVirtualMachine.model_validate(body)
+
+
+def test_the_domain_applies_the_controllers_dedicated_cpus_and_numa_node(node: Node) -> None:
+    agent = node.agent()
+    vm = _placed(node.vm("pinned", [GEN4_A]), 2, {"memory": "1Gi", "hugepages": {"pageSize": "1Gi"}, "dedicatedCpus": True},
+                 hugepageSize="1Gi", numaNode=0, cpus="14-15", dedicated=True, strict=True)
+    # Another VM on the node holds CPU 13 as dedicated: neither VM's QEMU threads may go there.
+    agent.apply(vm, dedicated=frozenset({13, 14, 15}))
+    domain = agent.hypervisor.domain(domain_name("team-a", "pinned"))
+    assert domain.cputune is not None
+    assert [(p.vcpu, p.cpuset) for p in domain.cputune.vcpupins] == [(0, "14"), (1, "15")]
+    # NUMA node 0 of the default layout is CPUs 0-15; the agent keeps CPU 0 for the host.
+    assert domain.cputune.emulatorpin is not None and domain.cputune.emulatorpin.cpuset == "1-12"
+    assert domain.numatune is not None and (domain.numatune.memory.mode, domain.numatune.memory.nodeset) == ("strict", "0")
+    assert domain.memory_backing is not None and domain.memory_backing.hugepages is not None
+    assert [p.size for p in domain.memory_backing.hugepages.pages] == [1048576]
+
+
+def test_a_shared_vm_bound_to_a_numa_node_floats_over_its_undedicated_cpus(node: Node) -> None:
+    agent = node.agent()
+    vm = _placed(node.vm("shared", [GEN4_A]), 3, {}, numaNode=1)
+    agent.apply(vm, dedicated=frozenset({30, 31}))
+    domain = agent.hypervisor.domain(domain_name("team-a", "shared"))
+    assert domain.cputune is not None
+    assert {p.cpuset for p in domain.cputune.vcpupins} == {"17-29"}
+    assert domain.numatune is not None and domain.numatune.memory.mode == "preferred"
+    assert domain.cpu is not None and domain.cpu.numa is not None and domain.cpu.numa.cells[0].cpus == "0-2"
+
+
+def test_a_vm_bound_to_no_numa_node_is_not_pinned(node: Node) -> None:
+    agent = node.agent()
+    agent.apply(_placed(node.vm("floating", [GEN4_A]), 1, {}))
+    domain = agent.hypervisor.domain(domain_name("team-a", "floating"))
+    assert domain.cputune is None and domain.numatune is None

@@ -9,7 +9,9 @@ import pytest
 from pydantic import ValidationError
 
 from qatvm.api.base import ObjectRef
+from qatvm.api.hugepages import PageSize
 from qatvm.domain import QATVM_XMLNS, Domain, DomainSpec, NetworkKind, NetworkSpec, build_domain
+from qatvm.domain.spec import HostPlacement
 
 OWNER = ObjectRef(namespace="team-a", name="crypto-1", uid="5f0c2b1e-9a7d-4e3c-8b21-0d9e8f7a6c54")
 
@@ -122,3 +124,69 @@ def test_the_schema_check_can_fail(schema_errors: Callable[[list[str]], dict[int
 def test_specs_libvirt_could_not_take_are_refused(field: str, value: object, complaint: str) -> None:
     with pytest.raises(ValidationError, match=complaint):
         full_spec(**{field: value})
+
+
+# --- the domain follows the controller's placement ------------------------------------------
+
+
+def xml(**overrides: object) -> ET.Element:
+    return ET.fromstring(build_domain(full_spec(**overrides)).xml())
+
+
+def test_require_pins_shared_vcpus_and_binds_memory_strictly() -> None:
+    root = xml(placement=HostPlacement(host_node=1, strict=True, shared_cpus=frozenset({17, 18, 19, 20, 28})))
+    assert [p.attrib for p in root.findall("./cputune/vcpupin")] == [{"vcpu": str(i), "cpuset": "17-20,28"} for i in range(4)]
+    assert root.find("./cputune/emulatorpin").attrib == {"cpuset": "17-20,28"}  # type: ignore[union-attr]
+    assert root.find("./numatune/memory").attrib == {"mode": "strict", "nodeset": "1"}  # type: ignore[union-attr]
+    # One guest NUMA node with every vCPU and all the memory (3 GiB + 1 byte, rounded up to KiB).
+    assert root.find("./cpu/numa/cell").attrib == {  # type: ignore[union-attr]
+        "id": "0", "cpus": "0-3", "memory": str(3 * 1024**2 + 1), "unit": "KiB",
+    }
+
+
+def test_prefer_binds_memory_preferably() -> None:
+    root = xml(placement=HostPlacement(host_node=0, strict=False, shared_cpus=frozenset({1, 2})))
+    assert root.find("./numatune/memory").attrib == {"mode": "preferred", "nodeset": "0"}  # type: ignore[union-attr]
+
+
+def test_dedicated_cpus_one_per_vcpu_and_qemu_threads_elsewhere() -> None:
+    placement = HostPlacement(host_node=0, strict=True, shared_cpus=frozenset(range(1, 12)), dedicated_cpus=(12, 13, 14, 15))
+    root = xml(placement=placement)
+    assert [(p.get("vcpu"), p.get("cpuset")) for p in root.findall("./cputune/vcpupin")] == [
+        ("0", "12"), ("1", "13"), ("2", "14"), ("3", "15"),
+    ]
+    assert root.find("./cputune/emulatorpin").attrib == {"cpuset": "1-11"}  # type: ignore[union-attr]
+    with pytest.raises(ValidationError, match="4 vCPUs need as many dedicated CPUs, not 2"):
+        full_spec(placement=HostPlacement(host_node=0, dedicated_cpus=(1, 2)))
+
+
+def test_dedicated_without_a_numa_node_pins_but_binds_no_memory() -> None:
+    root = xml(placement=HostPlacement(dedicated_cpus=(3, 4, 20, 21)))
+    assert len(root.findall("./cputune/vcpupin")) == 4
+    assert root.find("numatune") is None and root.find("./cpu/numa") is None
+
+
+@pytest.mark.parametrize(("size", "kib"), [(PageSize.SIZE_2MI, 2048), (PageSize.SIZE_1GI, 1048576)])
+def test_hugepages_of_both_sizes(size: PageSize, kib: int) -> None:
+    root = xml(hugepage_size=size)
+    assert root.find("./memoryBacking/hugepages/page").attrib == {"size": str(kib), "unit": "KiB"}  # type: ignore[union-attr]
+    # Memory is rounded up to whole pages: 3 GiB + 1 byte needs one page more than 3 GiB.
+    assert int(root.findtext("memory") or 0) == (3 * 1024**2 // kib + 1) * kib
+
+
+def test_floating_vms_have_none_of_it() -> None:
+    root = xml()
+    for path in ("cputune", "numatune", "memoryBacking", "./cpu/numa"):
+        assert root.find(path) is None
+
+
+def test_virt_xml_validate_accepts_a_pinned_hugepage_domain_and_it_parses_back(tmp_path: Path) -> None:
+    domain = build_domain(full_spec(
+        hugepage_size=PageSize.SIZE_1GI,
+        placement=HostPlacement(host_node=1, strict=True, shared_cpus=frozenset({16, 17}), dedicated_cpus=(28, 29, 30, 31)),
+    ))
+    path = tmp_path / "domain.xml"
+    path.write_text(domain.xml())
+    done = subprocess.run(["virt-xml-validate", str(path), "domain"], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert Domain.from_xml(domain.xml()) == domain

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from qatvm.api.base import ObjectRef
 from qatvm.domain import CpuMode, Domain, DomainSpec, NetworkKind, NetworkSpec, VirtType, build_domain
-from qatvm.domain.spec import MIB
+from qatvm.api.hugepages import PageSize
+from qatvm.domain.spec import MIB, HostPlacement
 
 _label = st.from_regex(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", fullmatch=True)
 _names = st.lists(_label, min_size=1, max_size=5).map(".".join).filter(lambda name: len(name) <= 253)
@@ -33,10 +34,25 @@ _networks = st.one_of(
     st.builds(NetworkSpec, kind=st.sampled_from([NetworkKind.NETWORK, NetworkKind.BRIDGE]), source=_device_names),
 )
 
-specs = st.builds(
-    DomainSpec,
+_cpus = st.frozensets(st.integers(0, 1023), min_size=1, max_size=64)
+
+
+@st.composite
+def _specs(draw: st.DrawFn) -> DomainSpec:
+    vcpus = draw(st.integers(1, 256))
+    placement = draw(st.none() | st.builds(
+        HostPlacement,
+        host_node=st.none() | st.integers(0, 63),
+        strict=st.booleans(),
+        shared_cpus=_cpus,
+        # Dedicated: one distinct host CPU per vCPU, or none.
+        dedicated_cpus=st.just(()) | st.lists(st.integers(0, 4095), min_size=vcpus, max_size=vcpus, unique=True).map(tuple),
+    ))
+    return draw(st.builds(DomainSpec, **{**_FIELDS, "vcpus": st.just(vcpus), "placement": st.just(placement)}))
+
+
+_FIELDS: dict[str, st.SearchStrategy[object]] = dict(
     owner=st.builds(ObjectRef, namespace=_label, name=_names, uid=st.uuids().map(str)),
-    vcpus=st.integers(1, 256),
     memory_bytes=st.integers(16 * MIB, 4 * 1024**4),
     disk=_paths,
     cloud_init_iso=st.none() | _paths,
@@ -44,7 +60,9 @@ specs = st.builds(
     network=_networks,
     virt_type=st.sampled_from(VirtType),
     cpu_mode=st.sampled_from(CpuMode),
+    hugepage_size=st.none() | st.sampled_from(PageSize),
 )
+specs = _specs()
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -61,3 +79,5 @@ def test_built_domains_validate_and_round_trip(
         parsed = Domain.from_xml(document)
         assert parsed == domain
         assert tuple(hostdev.source.address.bdf for hostdev in parsed.devices.hostdevs) == spec.hostdevs
+        assert (parsed.cputune is not None) == (spec.placement is not None)
+        assert (parsed.memory_backing is not None) == (spec.hugepage_size is not None)

@@ -24,6 +24,7 @@ from pathlib import Path
 from qatvm import metrics
 from qatvm.agent.config import AgentConfig
 from qatvm.agent.vm_files import prepare_disks
+from qatvm.agent.pinning import host_placement
 from qatvm.api.base import ObjectRef
 from qatvm.api.vm import DomainStatus, Phase, QatVirtualMachine
 from qatvm.domain.builder import build_domain
@@ -73,7 +74,8 @@ class VmReconciler:
     def vm_dir(self, uid: str) -> Path:
         return self.vms_dir / uid
 
-    def domain_spec(self, vm: QatVirtualMachine) -> DomainSpec:
+    def domain_spec(self, vm: QatVirtualMachine, dedicated: frozenset[int] = frozenset()) -> DomainSpec:
+        """The domain for `vm`; `dedicated` are the CPUs every VM on the node holds as dedicated."""
         ref = vm.ref
         files = self.vm_dir(ref.uid)
         user_data = vm.spec.cloud_init.user_data if vm.spec.cloud_init else None
@@ -86,6 +88,8 @@ class VmReconciler:
             hostdevs=tuple(d.pci_address for d in vm.status.devices),
             virt_type=self.config.virt_type,
             cpu_mode=self.config.cpu_mode,
+            hugepage_size=vm.spec.hugepages.page_size if vm.spec.hugepages else None,
+            placement=host_placement(vm.status.resources, self.binder.sysfs, self.config.reservation, dedicated),
         )
 
     def check_allocation(self, vm: QatVirtualMachine, vfs: set[str] | None = None) -> None:
@@ -108,10 +112,13 @@ class VmReconciler:
                 "again so the controller places it anew"
             )
 
-    def apply(self, vm: QatVirtualMachine, vfs: set[str] | None = None) -> Outcome:
-        """Bring the node to what the VM asks for; raises on what it cannot fix by itself."""
+    def apply(
+        self, vm: QatVirtualMachine, vfs: set[str] | None = None, dedicated: frozenset[int] = frozenset()
+    ) -> Outcome:
+        """Bring the node to what the VM asks for; raises on what it cannot fix by itself.
+        `dedicated` are the CPUs every VM on the node holds as dedicated."""
         self.check_allocation(vm, vfs)
-        spec = self.domain_spec(vm)
+        spec = self.domain_spec(vm, dedicated)
         self._clear_previous_owner(spec)
         with metrics.step("disk"):
             self.prepare_files(vm, spec)

@@ -35,6 +35,7 @@ from qatvm.agent.inventory import InventoryPublisher, scan
 from qatvm.agent.reconciler import AllocationMissing, Outcome, VmReconciler
 from qatvm.agent.workqueue import KeyedQueue
 from qatvm.api.base import ObjectRef
+from qatvm.api.cpulist import parse_cpulist
 from qatvm.api.qatnode import QatNodeStatus
 from qatvm.api.vm import QatVirtualMachine
 from qatvm.events import EventRecorder
@@ -138,6 +139,11 @@ class NodeAgent:
                 return 0.0
             raise
 
+    def dedicated_cpus(self) -> frozenset[int]:
+        """Every CPU a VM on this node holds as dedicated: the shared ones are the rest."""
+        held = (QatVirtualMachine.model_validate(body).status.resources for body in self.vms.values())
+        return frozenset().union(*(parse_cpulist(r.cpus) for r in held if r is not None and r.dedicated and r.cpus))
+
     async def _converge(self, vm: QatVirtualMachine) -> float | None:
         uid = vm.ref.uid
         generation = vm.metadata.get("generation")
@@ -147,7 +153,7 @@ class NodeAgent:
                 self.reconciler.check_allocation(vm, self._scanned())
                 await self._wait_published_as_held(vm)
                 # The VFs were in the scan that published them as this VM's: no second scan.
-                outcome = await self._in_thread(self.reconciler.apply, vm, self._scanned())
+                outcome = await self._in_thread(self.reconciler.apply, vm, self._scanned(), self.dedicated_cpus())
             except AllocationMissing:
                 return None
             except Exception as error:  # noqa: BLE001 - reported on the VM, then retried

@@ -2,39 +2,52 @@
 
 from __future__ import annotations
 
+from qatvm.api.cpulist import format_cpulist
 from qatvm.domain.models import (
     Boot,
     CharTarget,
     Console,
     Cpu,
+    CpuTune,
     Devices,
     Disk,
     DiskDriver,
     DiskSource,
     DiskTarget,
     Domain,
+    EmulatorPin,
     Features,
     Flag,
+    GuestNuma,
     Hostdev,
     HostdevDriver,
     HostdevSource,
     HostPciAddress,
+    Hugepages,
+    HugepageSize,
     Interface,
     InterfaceModel,
     InterfaceSource,
     Memory,
+    MemoryBacking,
     Metadata,
+    NumaCell,
+    NumaMemory,
+    NumaTune,
     Os,
     OsType,
     Serial,
     Vcpu,
+    VcpuPin,
     VmOwner,
 )
-from qatvm.domain.spec import DomainSpec, NetworkKind, NetworkSpec, split_pci_address
+from qatvm.domain.spec import DomainSpec, NetworkKind, NetworkSpec, HostPlacement, split_pci_address
 
 
 def build_domain(spec: DomainSpec) -> Domain:
-    memory = Memory(value=(spec.memory_bytes + 1023) // 1024)  # rounded up: never less than asked
+    # Rounded up, to whole huge pages when backed by them: never less than asked.
+    unit = spec.hugepage_size.bytes if spec.hugepage_size else 1024
+    memory = Memory(value=-(-spec.memory_bytes // unit) * unit // 1024)
     return Domain(
         type=spec.virt_type.value,
         name=spec.name,
@@ -42,11 +55,25 @@ def build_domain(spec: DomainSpec) -> Domain:
         metadata=Metadata(owner=VmOwner(namespace=spec.owner.namespace, name=spec.owner.name, uid=spec.owner.uid)),
         memory=memory,
         current_memory=memory,
+        memory_backing=(
+            MemoryBacking(hugepages=Hugepages(pages=[HugepageSize(size=spec.hugepage_size.kib)]))
+            if spec.hugepage_size else None
+        ),
         vcpu=Vcpu(placement="static", count=spec.vcpus),
+        cputune=_cputune(spec.vcpus, spec.placement) if spec.placement else None,
+        numatune=_numatune(spec.placement),
         os=Os(type=OsType(arch=spec.arch, machine=spec.machine), boot=[Boot(dev="hd")]),
         # Without ACPI a guest never sees the power button, so a graceful stop could only time out.
         features=Features(acpi=Flag(), apic=Flag()),
-        cpu=Cpu(mode=spec.cpu_mode.value),
+        cpu=Cpu(
+            mode=spec.cpu_mode.value,
+            # One guest NUMA node holding every vCPU and all memory: the guest's kernel and QAT
+            # driver then see the VFs, CPUs and memory as local to each other, as they are.
+            numa=(
+                GuestNuma(cells=[NumaCell(id=0, cpus=f"0-{spec.vcpus - 1}", memory=memory.value)])
+                if _numatune(spec.placement) else None
+            ),
+        ),
         on_poweroff="destroy",
         on_reboot="restart",
         # A crashed guest stays down and visible as such, rather than looping in restarts.
@@ -59,6 +86,24 @@ def build_domain(spec: DomainSpec) -> Domain:
             hostdevs=[_hostdev(address) for address in spec.hostdevs],
         ),
     )
+
+
+def _numatune(placement: HostPlacement | None) -> NumaTune | None:
+    if placement is None or placement.host_node is None:
+        return None
+    mode = "strict" if placement.strict else "preferred"
+    return NumaTune(memory=NumaMemory(mode=mode, nodeset=str(placement.host_node)))
+
+
+def _cputune(vcpus: int, numa: HostPlacement) -> CpuTune:
+    if numa.dedicated_cpus:
+        pins = [VcpuPin(vcpu=i, cpuset=str(cpu)) for i, cpu in enumerate(numa.dedicated_cpus)]
+        # QEMU's own threads go to the shared CPUs, so the dedicated ones run nothing but vCPUs.
+        emulator = numa.shared_cpus or frozenset(numa.dedicated_cpus)
+    else:
+        pins = [VcpuPin(vcpu=i, cpuset=format_cpulist(numa.shared_cpus)) for i in range(vcpus)]
+        emulator = numa.shared_cpus
+    return CpuTune(vcpupins=pins, emulatorpin=EmulatorPin(cpuset=format_cpulist(emulator)))
 
 
 def _disks(spec: DomainSpec) -> list[Disk]:

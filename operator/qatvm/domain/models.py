@@ -44,6 +44,54 @@ class Memory(_Xml):
     value: int
 
 
+class HugepageSize(_Xml, tag="page"):
+    size: int = attr()
+    unit: str = attr(default="KiB")
+
+
+class Hugepages(_Xml, tag="hugepages"):
+    pages: list[HugepageSize] = element(default_factory=list)
+
+
+class MemoryBacking(_Xml, tag="memoryBacking"):
+    hugepages: Hugepages | None = None
+
+
+class VcpuPin(_Xml, tag="vcpupin"):
+    vcpu: int = attr()
+    cpuset: str = attr()
+
+
+class EmulatorPin(_Xml, tag="emulatorpin"):
+    cpuset: str = attr()
+
+
+class CpuTune(_Xml, tag="cputune"):
+    vcpupins: list[VcpuPin] = element(default_factory=list)
+    emulatorpin: EmulatorPin | None = None
+
+
+class NumaMemory(_Xml, tag="memory"):
+    # strict: allocation fails rather than leave the nodeset; preferred: falls back to others.
+    mode: str = attr()
+    nodeset: str = attr()
+
+
+class NumaTune(_Xml, tag="numatune"):
+    memory: NumaMemory
+
+
+class NumaCell(_Xml, tag="cell"):
+    id: int = attr()
+    cpus: str = attr()
+    memory: int = attr()
+    unit: str = attr(default="KiB")
+
+
+class GuestNuma(_Xml, tag="numa"):
+    cells: list[NumaCell] = element(default_factory=list)
+
+
 class Vcpu(_Xml, tag="vcpu"):
     placement: str | None = attr(default=None)
     count: int
@@ -71,6 +119,7 @@ class Features(_Xml, tag="features"):
 
 class Cpu(_Xml, tag="cpu"):
     mode: str = attr()
+    numa: GuestNuma | None = None
 
 
 class DiskDriver(_Xml, tag="driver"):
@@ -186,7 +235,10 @@ class Domain(DomainIdentity, tag="domain"):
     id: int | None = attr(default=None)
     memory: Memory = element(tag="memory")
     current_memory: Memory | None = element(tag="currentMemory", default=None)
+    memory_backing: MemoryBacking | None = None
     vcpu: Vcpu
+    cputune: CpuTune | None = None
+    numatune: NumaTune | None = None
     os: Os
     features: Features | None = None
     cpu: Cpu | None = None

@@ -11,6 +11,7 @@ from uuid import UUID
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from qatvm.api.base import ObjectRef
+from qatvm.api.hugepages import PageSize
 from qatvm.domain.naming import domain_name, domain_uuid
 
 # Domain numbers above 0xffff exist (Intel VMD puts devices in domain 0x10000 and up).
@@ -94,8 +95,32 @@ class NetworkSpec(BaseModel):
         return self
 
 
-class DomainSpec(BaseModel):
+class HostPlacement(BaseModel):
+    """The host CPUs a VM's vCPUs run on, and the host NUMA node its vCPUs and memory stay on."""
+
     model_config = ConfigDict(frozen=True)
+
+    # None: no NUMA node in particular (dedicated CPUs with `qat.numa: none`).
+    host_node: int | None = Field(default=None, ge=0)
+    # True: memory from no other NUMA node (`qat.numa: require`); False: preferably from this one.
+    strict: bool = False
+    # The vCPUs share these host CPUs (the NUMA node's CPUs no VM holds as dedicated) ...
+    shared_cpus: frozenset[int] = frozenset()
+    # ... or each vCPU i runs alone on dedicated_cpus[i].
+    dedicated_cpus: tuple[int, ...] = ()
+
+    @model_validator(mode="after")
+    def _some_cpus(self) -> Self:
+        if not self.shared_cpus and not self.dedicated_cpus:
+            raise ValueError("a NUMA binding needs host CPUs, shared or dedicated")
+        if len(set(self.dedicated_cpus)) != len(self.dedicated_cpus):
+            raise ValueError(f"a dedicated CPU is given twice: {list(self.dedicated_cpus)}")
+        return self
+
+
+class DomainSpec(BaseModel):
+    # A misspelt field would otherwise be dropped silently, and the domain built without it.
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     owner: ObjectRef
     vcpus: int = Field(ge=1, le=1024)
@@ -110,11 +135,21 @@ class DomainSpec(BaseModel):
     # q35 gives each passed-through VF a PCIe port, which VF drivers in the guest expect.
     machine: str = Field(default="q35", pattern=_TOKEN)
     arch: str = Field(default="x86_64", pattern=_TOKEN)
+    # Guest memory from the host's huge pages of this size; None: ordinary pages.
+    hugepage_size: PageSize | None = None
+    placement: HostPlacement | None = None
 
     @model_validator(mode="after")
     def _distinct_hostdevs(self) -> Self:
         if len(set(self.hostdevs)) != len(self.hostdevs):
             raise ValueError(f"a PCI device is listed twice in hostdevs: {list(self.hostdevs)}")
+        return self
+
+    @model_validator(mode="after")
+    def _one_cpu_per_vcpu(self) -> Self:
+        dedicated = self.placement.dedicated_cpus if self.placement else ()
+        if dedicated and len(dedicated) != self.vcpus:
+            raise ValueError(f"{self.vcpus} vCPUs need as many dedicated CPUs, not {len(dedicated)}")
         return self
 
     @property
