@@ -105,8 +105,8 @@ def test_table(make_node: MakeNode, capsys: pytest.CaptureFixture[str]) -> None:
     assert lines[11] == ""
     assert [line.split() for line in lines[12:]] == [
         ["NUMA", "CPUS", "MEMORY", "HUGEPAGES", "2Mi", "FREE/TOTAL", "HUGEPAGES", "1Gi", "FREE/TOTAL", "QAT", "VFS"],
-        ["0", "0-15", "32Gi", "0/0", "8/8", "3"],
-        ["1", "16-31", "32Gi", "0/0", "8/8", "0"],
+        ["0", "0-15", "32Gi", "512/512", "8/8", "3"],
+        ["1", "16-31", "32Gi", "512/512", "8/8", "0"],
     ]
 
 

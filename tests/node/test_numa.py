@@ -18,7 +18,7 @@ MakeNode = Callable[..., Sysfs]
 GIB = 1 << 30
 
 
-def test_default_profile_is_two_sockets_with_1gi_pages(make_node: MakeNode) -> None:
+def test_default_profile_is_two_sockets_with_pages_of_both_sizes(make_node: MakeNode) -> None:
     sysfs = make_node(DEFAULT_PROFILE)
     assert sysfs.read("devices/system/node/online") == "0-1"
     assert sysfs.read("devices/system/cpu/online") == "0-31"
@@ -29,7 +29,7 @@ def test_default_profile_is_two_sockets_with_1gi_pages(make_node: MakeNode) -> N
         (0, 0, 15, 16, 32 * GIB), (1, 16, 31, 16, 32 * GIB),
     ]
     for node in nodes:
-        assert node.hugepages == {PageSize.SIZE_2MI: HugepagePool(0, 0), PageSize.SIZE_1GI: HugepagePool(8, 8)}
+        assert node.hugepages == {PageSize.SIZE_2MI: HugepagePool(512, 512), PageSize.SIZE_1GI: HugepagePool(8, 8)}
 
 
 def test_reads_a_tree_laid_out_as_a_real_kernel_prints_it(tmp_path: Path) -> None:

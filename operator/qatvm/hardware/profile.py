@@ -122,9 +122,10 @@ class NumaNodeSpec(_Spec):
 
 
 def _two_numa_nodes() -> list[NumaNodeSpec]:
+    # Eight 1 GiB pages and 1 GiB of 2 MiB pages on each, so VMs can ask for either size.
     return [
-        NumaNodeSpec(cpus="0-15", memory="32Gi", hugepages={PageSize.SIZE_1GI: 8, PageSize.SIZE_2MI: 0}),
-        NumaNodeSpec(cpus="16-31", memory="32Gi", hugepages={PageSize.SIZE_1GI: 8, PageSize.SIZE_2MI: 0}),
+        NumaNodeSpec(cpus="0-15", memory="32Gi", hugepages={PageSize.SIZE_1GI: 8, PageSize.SIZE_2MI: 512}),
+        NumaNodeSpec(cpus="16-31", memory="32Gi", hugepages={PageSize.SIZE_1GI: 8, PageSize.SIZE_2MI: 512}),
     ]
 
 
