@@ -23,7 +23,9 @@ from typing import Any
 import pytest
 import yaml
 from lightkube import ApiError
+from lightkube.models.coordination_v1 import LeaseSpec
 from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.coordination_v1 import Lease
 from lightkube.resources.core_v1 import Node
 from lightkube.types import PatchType
 
@@ -49,11 +51,20 @@ CONTROLLER_SA = "qatvm-controller"
 AGENT_SA = "qatvm-agent"
 NODE_LABEL = "qatvm.io/qat"
 VM_NODE_LABEL = "qatvm.io/node"
-RBAC_FILES = ("namespace.yaml", "controller-rbac.yaml", "agent-rbac.yaml", "agent-policy.yaml", "vm-policy.yaml", "tenant-roles.yaml")
+RBAC_FILES = ("namespace.yaml", "controller-rbac.yaml", "agent-rbac.yaml", "agent-policy.yaml", "vm-policy.yaml", "tenant-roles.yaml",
+             "agent-lease-policy.yaml")
+NODE_LEASES = "qatvm-node-lease"
 
 # (kind, namespace, name) of everything `kubectl apply -k manifests/` creates; no CRDs.
 EXPECTED_OBJECTS = {
     ("Namespace", None, SYSTEM),
+    ("Namespace", None, "qatvm-node-lease"),
+    ("Role", "qatvm-node-lease", "qatvm-agent-node-lease"),
+    ("RoleBinding", "qatvm-node-lease", "qatvm-agent-node-lease"),
+    ("Role", "qatvm-node-lease", "qatvm-controller-node-lease"),
+    ("RoleBinding", "qatvm-node-lease", "qatvm-controller-node-lease"),
+    ("ValidatingAdmissionPolicy", None, "qatvm-agent-own-lease"),
+    ("ValidatingAdmissionPolicyBinding", None, "qatvm-agent-own-lease"),
     ("ServiceAccount", SYSTEM, CONTROLLER_SA),
     ("ServiceAccount", SYSTEM, AGENT_SA),
     ("ClusterRole", None, CONTROLLER_SA),
@@ -477,6 +488,7 @@ LEASE = "leases.coordination.k8s.io"
 ANY_NS = ("-n", "some-namespace")
 ALL_NS = ("--all-namespaces",)
 IN_SYSTEM = ("-n", SYSTEM)
+IN_LEASES = ("-n", "qatvm-node-lease")
 STATUS = "--subresource=status"
 
 RIGHTS: list[tuple[str, bool, tuple[str, ...]]] = [
@@ -520,7 +532,11 @@ RIGHTS: list[tuple[str, bool, tuple[str, ...]]] = [
     (CONTROLLER_SA, False, ("create", "serviceaccounts", "--subresource=token", *IN_SYSTEM)),
     (CONTROLLER_SA, False, ("list", "configmaps", *ALL_NS)),
     (CONTROLLER_SA, False, ("bind", "clusterroles.rbac.authorization.k8s.io")),
-    # The agent: its node's VMs (by status.nodeName), its QatNode, its Node's status; the policy narrows it.
+    # ... and reads the node leases, writing none.
+    (CONTROLLER_SA, True, ("list", LEASE, *IN_LEASES)),
+    (CONTROLLER_SA, False, ("patch", f"{LEASE}/node-1", *IN_LEASES)),
+    (CONTROLLER_SA, False, ("delete", f"{LEASE}/node-1", *IN_LEASES)),
+        # The agent: its node's VMs (by status.nodeName), its QatNode, its Node's status; the policy narrows it.
     (AGENT_SA, True, ("list", VM, *ALL_NS)),
     (AGENT_SA, True, ("watch", VM, *ALL_NS)),
     (AGENT_SA, True, ("patch", VM, *ANY_NS)),
@@ -540,6 +556,13 @@ RIGHTS: list[tuple[str, bool, tuple[str, ...]]] = [
     (AGENT_SA, False, ("delete", QATNODE)),
     (AGENT_SA, False, ("patch", QATNODE)),
     (AGENT_SA, False, ("create", LEASE, *IN_SYSTEM)),
+    # Its node lease (agent-lease-policy.yaml narrows it to its own node's).
+    (AGENT_SA, True, ("create", LEASE, *IN_LEASES)),
+    (AGENT_SA, True, ("patch", f"{LEASE}/node-1", *IN_LEASES)),
+    (AGENT_SA, False, ("delete", f"{LEASE}/node-1", *IN_LEASES)),
+    (AGENT_SA, False, ("update", f"{LEASE}/node-1", *IN_LEASES)),
+    (AGENT_SA, False, ("patch", f"{LEASE}/qatvm-controller", *IN_SYSTEM)),
+    (AGENT_SA, False, ("create", LEASE, "-n", "kube-node-lease")),
     (AGENT_SA, False, ("create", "pods", *IN_SYSTEM)),
     (AGENT_SA, False, ("create", "serviceaccounts", "--subresource=token", *IN_SYSTEM)),
 ]
@@ -619,6 +642,20 @@ class AgentClient:
             lambda: self.kube.patch(QatVirtualMachineResource.Status, name, patch, namespace=namespace, patch_type=PatchType.MERGE)
         )
 
+    def renew_lease(self, name: str, holder: str) -> str | None:
+        """What NodeLease.renew sends: a merge patch, or a create the first time."""
+        spec = {"holderIdentity": holder, "leaseDurationSeconds": 40, "renewTime": "2030-01-01T00:00:00.000001Z"}
+
+        def renew() -> None:
+            try:
+                self.kube.patch(Lease, name, {"spec": spec}, namespace=NODE_LEASES, patch_type=PatchType.MERGE)
+            except ApiError as error:
+                if error.status.code != 404:
+                    raise
+                self.kube.create(Lease(metadata=ObjectMeta(name=name, namespace=NODE_LEASES), spec=LeaseSpec(**spec)))
+
+        return self._try(renew)
+
     def vm(self, name: str, namespace: str, patch: dict[str, Any]) -> str | None:
         return self._try(
             lambda: self.kube.patch(QatVirtualMachineResource, name, patch, namespace=namespace, patch_type=PatchType.MERGE)
@@ -663,6 +700,27 @@ def test_agent_policy_keeps_an_agent_to_its_node(
     assert "qatvm.io/vf" not in kubectl.json("get", "node", NODE_B).get("status", {}).get("capacity", {})
     assert "phase" not in kubectl.json("get", "qvm", "on-b", "-n", namespace)["status"]
     assert not kubectl.exists(QATNODE, NODE_B)
+
+
+def test_agent_renews_only_its_own_nodes_lease(
+    kubectl: Kubectl, control_plane: ControlPlane, two_nodes: None, tmp_path: Path
+) -> None:
+    agent = agent_client(kubectl, control_plane, tmp_path, "--bound-object-kind=Node", f"--bound-object-name={NODE_A}")
+    try:
+        assert agent.renew_lease(NODE_A, NODE_A) is None  # created
+        assert agent.renew_lease(NODE_A, NODE_A) is None  # renewed
+        kubectl.apply({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                       "metadata": {"name": NODE_B, "namespace": NODE_LEASES}, "spec": {"holderIdentity": NODE_B}})
+        # Keeping a lost node looking alive, or taking a live one's lease: refused, saying what it may do.
+        refused = agent.renew_lease(NODE_B, NODE_A)
+        assert refused is not None and "qatvm-agent-own-lease" in refused
+        assert f"may renew only the Lease qatvm-node-lease/{NODE_A}, not qatvm-node-lease/{NODE_B}" in refused
+        refused = agent.renew_lease(NODE_A, NODE_B)
+        assert refused is not None and f"must hold its Lease as {NODE_A}" in refused
+        assert kubectl.json("get", "lease", NODE_B, "-n", NODE_LEASES)["spec"]["holderIdentity"] == NODE_B
+        assert kubectl.json("get", "lease", NODE_A, "-n", NODE_LEASES)["spec"]["holderIdentity"] == NODE_A
+    finally:
+        kubectl.run("delete", "lease", NODE_A, NODE_B, "-n", NODE_LEASES, "--ignore-not-found")
 
 
 def test_agent_token_without_a_node_writes_nothing(

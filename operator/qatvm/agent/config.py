@@ -39,6 +39,9 @@ class AgentConfig(BaseModel):
     image_dirs: tuple[PurePosixPath, ...] = (DEFAULT_IMAGE_DIR,)
     # What VMs may never have of the node's CPUs and memory.
     reservation: HostReservation = HostReservation()
+    # The node lease: how long one renewal vouches for the node, and how often it is renewed.
+    lease_seconds: int = 40
+    lease_renew_seconds: float = 10.0
 
     @model_validator(mode="after")
     def _image_dirs_spare_the_state(self) -> AgentConfig:

@@ -46,6 +46,7 @@ async def start(memo: Any, **_: Any) -> None:
 # After `start`: the first scan is published before the loops take over.
 run_alongside(registry, "inventory", lambda memo: _agent(memo).watch_inventory())
 run_alongside(registry, "audit", lambda memo: _agent(memo).watch_holdings())
+run_alongside(registry, "node-lease", lambda memo: _agent(memo).lease.run())
 
 
 @kopf.on.cleanup(registry=registry)

@@ -50,6 +50,10 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, AgentConfig]:
                         help="host CPUs no VM gets, e.g. 0,16 (default: the first CPU of each NUMA node)")
     parser.add_argument("--reserved-memory", type=parse_bytes, default="1Gi", metavar="QUANTITY",
                         help="ordinary memory kept for the host on each NUMA node (default: 1Gi)")
+    parser.add_argument("--lease-seconds", type=int, default=40,
+                        help="how long one renewal of the node lease vouches for the node (default: %(default)s)")
+    parser.add_argument("--lease-renew-seconds", type=float, default=10.0,
+                        help="how often the node lease is renewed (default: %(default)s)")
     parser.add_argument("--health-port", type=int, default=0, help="serve GET /healthz on this port (0: off)")
     metrics.add_arguments(parser)
     parser.add_argument("--verbose", action="store_true")
@@ -72,6 +76,8 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, AgentConfig]:
             image_dirs=tuple(args.image_dirs or (DEFAULT_IMAGE_DIR,)),
             state_path=args.state_dir,
             reservation=HostReservation(cpus=args.reserved_cpus, memory_per_numa_node=args.reserved_memory),
+            lease_seconds=args.lease_seconds,
+            lease_renew_seconds=args.lease_renew_seconds,
         )
     except ValidationError as error:
         parser.error("; ".join(str(e["msg"]) for e in error.errors()))

@@ -32,6 +32,7 @@ from qatvm import metrics
 from qatvm.agent import status as report
 from qatvm.agent.config import AgentConfig
 from qatvm.agent.inventory import InventoryPublisher, scan
+from qatvm.agent.node_lease import NodeLease
 from qatvm.agent.reconciler import AllocationMissing, Outcome, VmReconciler
 from qatvm.agent.workqueue import KeyedQueue
 from qatvm.api.base import ObjectRef
@@ -85,6 +86,8 @@ class NodeAgent:
         self.inventory = QatNodeStatus(vfs=[])
         self._dirty = asyncio.Event()
         self._published = asyncio.Event()
+        self.lease = NodeLease(client, config.node, lease_seconds=config.lease_seconds,
+                               renew_seconds=config.lease_renew_seconds, on_regained=self.reassert)
 
     # -- events in ---------------------------------------------------------------------------
 
@@ -191,6 +194,12 @@ class NodeAgent:
             await self._write_status(vm, status)
             await self.events.post(_event_body(vm), "Warning", "Failed", str(error))
         return float(min(MAX_RETRY_SECONDS, 2 ** (tries - 1)))
+
+    async def reassert(self) -> None:
+        """After the node lease lapsed the controller has marked the node's VMs unreachable: every
+        VM gets a pass, which writes its status where it differs from what the node has."""
+        for uid in list(self.vms):
+            self.queue.add(uid)
 
     async def _finish_deletion(self, vm: QatVirtualMachine) -> float | None:
         uid = vm.ref.uid

@@ -37,6 +37,7 @@ def _deleted(event: Any) -> bool:
 
 
 run_alongside(registry, "scheduler", lambda memo: _scheduler(memo).run())
+run_alongside(registry, "lost-nodes", lambda memo: memo.lost_nodes.run())
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)

@@ -22,6 +22,8 @@ from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.coordination_v1 import Lease
 from lightkube.types import PatchType
 
+from qatvm.api.lease import micro_time, now
+
 log = logging.getLogger(__name__)
 
 
@@ -38,15 +40,6 @@ def process_identity(candidate: str) -> str:
 
 def candidate_of(holder: str) -> str:
     return holder.rsplit("_", 1)[0]
-
-
-def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.UTC)
-
-
-def _micro_time(moment: datetime.datetime) -> str:
-    """A Lease's MicroTime as the API server parses it: always six fraction digits."""
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class LeaderElection:
@@ -74,43 +67,43 @@ class LeaderElection:
         if spec is None or spec.renewTime is None:
             return True
         duration = spec.leaseDurationSeconds or self.lease_seconds
-        return spec.renewTime + datetime.timedelta(seconds=duration) < _now()
+        return spec.renewTime + datetime.timedelta(seconds=duration) < now()
 
     async def try_acquire(self) -> bool:
         """One attempt to take or renew the lease; True when this identity holds it now."""
-        now = _now()
+        moment = now()
         try:
             lease = await self.client.get(Lease, self.name, namespace=self.namespace)
         except ApiError as error:
             if error.status.code != 404:
                 raise
-            return await self._create(now)
+            return await self._create(moment)
         spec = lease.spec or LeaseSpec()
         if spec.holderIdentity != self.identity and not self._expired(lease):
             return False
         change: dict[str, object] = {
             "holderIdentity": self.identity,
-            "renewTime": _micro_time(now),
+            "renewTime": micro_time(moment),
             "leaseDurationSeconds": self.lease_seconds,
         }
         if spec.holderIdentity != self.identity:
-            change["acquireTime"] = _micro_time(now)
+            change["acquireTime"] = micro_time(moment)
             change["leaseTransitions"] = (spec.leaseTransitions or 0) + 1
         assert lease.metadata is not None
         # Only the changed fields, under the resourceVersion we read: a concurrent taker makes
         # this a 409, and times written by other clients are never re-encoded by ours.
         return await self._patch({"metadata": {"resourceVersion": lease.metadata.resourceVersion}, "spec": change})
 
-    async def _create(self, now: datetime.datetime) -> bool:
+    async def _create(self, moment: datetime.datetime) -> bool:
         # lightkube writes a zero fraction as no fraction, which MicroTime refuses: never send one.
-        now = now.replace(microsecond=now.microsecond or 1)
+        moment = moment.replace(microsecond=moment.microsecond or 1)
         fresh = Lease(
             metadata=ObjectMeta(name=self.name, namespace=self.namespace),
             spec=LeaseSpec(
                 holderIdentity=self.identity,
                 leaseDurationSeconds=self.lease_seconds,
-                acquireTime=now,
-                renewTime=now,
+                acquireTime=moment,
+                renewTime=moment,
                 leaseTransitions=0,
             ),
         )

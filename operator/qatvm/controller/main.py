@@ -17,6 +17,7 @@ from lightkube.config.kubeconfig import KubeConfig
 from qatvm import health, logs, metrics
 from qatvm.controller import handlers
 from qatvm.controller.leader import LeaderElection, process_identity
+from qatvm.controller.lost_nodes import LostNodeWatcher
 from qatvm.controller.placement import Strategy
 from qatvm.controller.scheduler import Scheduler
 
@@ -50,7 +51,12 @@ async def _lead_or_stand_by(args: argparse.Namespace) -> int:
             clusterwide=True,
             standalone=True,
             stop_flag=stop,
-            memo=kopf.Memo(scheduler=scheduler),
+            memo=kopf.Memo(
+                scheduler=scheduler,
+                lost_nodes=LostNodeWatcher(
+                    client, scheduler, grace_seconds=args.node_grace_seconds, poll_seconds=max(1.0, args.node_grace_seconds / 4)
+                ),
+            ),
         ),
         name="kopf",
     )
@@ -78,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lease-namespace", default=os.environ.get("POD_NAMESPACE", "kube-system"))
     parser.add_argument("--lease-name", default="qatvm-controller")
     parser.add_argument("--lease-seconds", type=int, default=15)
+    parser.add_argument("--node-grace-seconds", type=float, default=40.0,
+                        help="a node whose agent has not renewed its node lease for this long is unreachable (default: %(default)s)")
     parser.add_argument("--identity", default=socket.gethostname(),
                         help="this candidate's name, e.g. its pod's; the lease holder is NAME_<random> (default: the host name)")
     parser.add_argument("--health-port", type=int, default=0, help="serve GET /healthz on this port (0: off)")

@@ -1,6 +1,6 @@
 """What the controller knows of the cluster, kept from watch events, and what it has promised.
 
-A VF is free when its node exists, its QatNode lists it healthy and assignable and held by no
+A VF is free when its node exists and takes new VMs (not cordoned, its agent not unreachable), its QatNode lists it healthy and assignable and held by no
 VM (`allocatedTo`: the node's word that it has given the VF back), no VM that exists has it in
 its status, and no decision whose write is still under way has reserved it. Every event changes
 only the VFs it touches, in the index of free VFs, so no decision rebuilds anything. The CPUs,
@@ -37,6 +37,15 @@ class Holding:
     resources: ResourceAllocation | None = None
 
 
+@dataclass(frozen=True)
+class PlacedVm:
+    namespace: str
+    name: str
+    node: str
+    # The reason of its Ready condition as last seen: what the lost-node watcher already said.
+    ready_reason: str | None
+
+
 @dataclass
 class Reservation:
     holding: Holding
@@ -70,6 +79,11 @@ class ClusterPicture:
         self.reservations: dict[str, Reservation] = {}
         self.pending: dict[str, dict[str, Any]] = {}
         self.quotas: dict[str, int] = {}
+        # uid -> where a placed VM is, for the lost-node watcher.
+        self.placed: dict[str, PlacedVm] = {}
+        # Nodes that take nothing new: cordoned (spec.unschedulable), or whose agent is unreachable.
+        self.unschedulable: set[str] = set()
+        self.unreachable: set[str] = set()
         self.index = FreeVfIndex()
         self._holders: dict[tuple[str, str], set[str]] = {}
         self._held_in: Counter[str] = Counter()
@@ -86,6 +100,7 @@ class ClusterPicture:
         uid = meta["uid"]
         if deleted:
             self.pending.pop(uid, None)
+            self.placed.pop(uid, None)
             self._hold(uid, None)
             self._drop_reservation(uid)
             return
@@ -96,6 +111,8 @@ class ClusterPicture:
             addresses = tuple(d["pciAddress"] for d in status.get("devices") or ())
             resources = ResourceAllocation.model_validate(status["resources"]) if status.get("resources") else None
             holding = Holding(meta["namespace"], status["nodeName"], addresses, resources)
+            ready = next((c for c in status.get("conditions") or () if c.get("type") == "Ready"), {})
+            self.placed[uid] = PlacedVm(meta["namespace"], meta["name"], status["nodeName"], ready.get("reason"))
             reservation = self.reservations.pop(uid, None)
             if reservation and reservation.holding == holding and uid not in self.allocations:
                 self.allocations[uid] = holding  # the reserved VFs, now on record
@@ -117,17 +134,22 @@ class ClusterPicture:
     def observe_node(self, body: dict[str, Any], deleted: bool = False) -> None:
         name = body["metadata"]["name"]
         existed = name in self.labels
+        cordoned = not deleted and bool((body.get("spec") or {}).get("unschedulable"))
         if deleted:
             self.labels.pop(name, None)
         else:
             labels = dict(body["metadata"].get("labels") or {})
-            if existed and self.labels[name] == labels:
+            if existed and self.labels[name] == labels and cordoned == (name in self.unschedulable):
                 return
             self.labels[name] = labels
+        was_cordoned = name in self.unschedulable
+        if cordoned:
+            self.unschedulable.add(name)
+        else:
+            self.unschedulable.discard(name)
         self._changed_layout()
-        if existed != (not deleted):
-            for address in self.inventories.get(name, {}):
-                self._refresh(name, address)
+        if existed != (not deleted) or was_cordoned != cordoned:
+            self._refresh_node(name)
 
     def observe_inventory(self, body: dict[str, Any], deleted: bool = False) -> None:
         name = body["metadata"]["name"]
@@ -163,6 +185,15 @@ class ClusterPicture:
         else:
             self.quotas[name] = limit
         self._changed_layout()
+
+    def set_unreachable(self, nodes: set[str]) -> None:
+        """The nodes whose agent stopped renewing its node lease: they take nothing new."""
+        changed = nodes ^ self.unreachable
+        self.unreachable = set(nodes)
+        if changed:
+            self._changed_layout()
+        for name in changed:
+            self._refresh_node(name)
 
     # -- decisions -------------------------------------------------------------------------------
 
@@ -210,7 +241,7 @@ class ClusterPicture:
         return [
             NodeInventory(
                 name=name, labels=self.labels[name], vfs=tuple(vfs.values()), capacity=self.capacity.get(name, ()),
-                allocations=tuple(self._resources.get(name, {}).values()),
+                allocations=tuple(self._resources.get(name, {}).values()), unavailable=self._unavailable(name),
             )
             for name, vfs in self.inventories.items()
             if name in self.labels
@@ -226,6 +257,12 @@ class ClusterPicture:
         yield from self.allocations.items()
         yield from ((uid, r.holding) for uid, r in self.reservations.items())
 
+    def placed_on(self, node: str, unless_ready_reason: str) -> list[str]:
+        return [uid for uid, vm in self.placed.items() if vm.node == node and vm.ready_reason != unless_ready_reason]
+
+    def allocated_nodes(self) -> set[str]:
+        return {vm.node for vm in self.placed.values()}
+
     def left(self, node: str) -> NodeResources | None:
         """What a node has left of CPUs, memory and huge pages; None until it has published them."""
         capacity = self.capacity.get(node)
@@ -240,6 +277,17 @@ class ClusterPicture:
 
     def _labels_of(self, node: str) -> dict[str, str]:
         return self.labels.get(node, {})
+
+    def _unavailable(self, name: str) -> str | None:
+        if name in self.unreachable:
+            return "is unreachable (its agent stopped renewing the node lease)"
+        if name in self.unschedulable:
+            return "is cordoned"
+        return None
+
+    def _refresh_node(self, name: str) -> None:
+        for address in self.inventories.get(name, {}):
+            self._refresh(name, address)
 
     def _changed_layout(self) -> None:
         self.layout_epoch += 1
@@ -292,7 +340,7 @@ class ClusterPicture:
         vf = self.inventories.get(node, {}).get(address)
         free = (
             vf is not None and vf.healthy and vf.assignable and vf.allocated_to is None
-            and node in self.labels and (node, address) not in self._holders
+            and node in self.labels and self._unavailable(node) is None and (node, address) not in self._holders
         )
         if free and vf is not None:
             if (node, address) not in self.index:

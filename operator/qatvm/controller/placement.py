@@ -48,6 +48,8 @@ class NodeInventory:
     capacity: tuple[NumaNodeCapacity, ...] = ()
     # What the VMs placed on the node hold of it, as the controller recorded them.
     allocations: tuple[ResourceAllocation, ...] = ()
+    # Why the node takes nothing new (cordoned, unreachable); None when it may.
+    unavailable: str | None = None
 
 
 @dataclass(frozen=True)
@@ -205,6 +207,8 @@ def place(
     for node in ordered:
         if not selects(node_selector, node.labels):
             continue
+        if node.unavailable:
+            continue  # it may take the VM once it is back or uncordoned: `explain` counts it so
         usable = [vf for vf in candidates(request, node.vfs) if (node.name, vf.pci_address) not in allocated]
         outcome = fit_node(node.name, usable, request, resources, left_of(node) if resources else None)
         if isinstance(outcome, Placement):

@@ -72,6 +72,8 @@ class Scheduler:
         # uid -> (resourceVersion, never, epoch) of its last verdict: judged again only when one moves.
         self.judged: dict[str, tuple[str, bool, int]] = {}
         self.writing: set[str] = set()
+        # Set once the first full LIST is in: before it, an absent node may just be unread.
+        self.bootstrapped = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- events in -------------------------------------------------------------------------------
@@ -106,6 +108,7 @@ class Scheduler:
             self.picture.observe_namespace(namespace.to_dict())
         async for vm in self.client.list(QatVirtualMachineResource, namespace="*"):
             self.picture.observe_vm(vm.to_dict())
+        self.bootstrapped.set()
         self.wake.set()
 
     async def run(self) -> None:

@@ -26,6 +26,7 @@ TOKEN_SECONDS = 7 * 24 * 3600
 # The manifests that grant and limit rights (tenant roles included); the Deployment and DaemonSet are for real clusters only.
 RBAC_MANIFESTS = (
     "namespace.yaml", "controller-rbac.yaml", "agent-rbac.yaml", "agent-policy.yaml", "vm-policy.yaml", "tenant-roles.yaml",
+    "agent-lease-policy.yaml",
 )
 
 

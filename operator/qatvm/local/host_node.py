@@ -14,6 +14,7 @@ import argparse
 import re
 import socket
 import sys
+from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
 from lightkube import Client
@@ -71,8 +72,11 @@ class HostNode(BaseModel):
         labels = {"kubernetes.io/hostname": self.name, "kubernetes.io/os": "linux"}
         kube.apply(Node(metadata=ObjectMeta(name=self.name, labels=labels)), force=True)
 
-    def agent(self, kube: Client, server: str, ca_file: Path, state_dir: Path) -> ManagedProcess:
-        """The node's agent, with a token bound to this Node (as a DaemonSet pod's would be)."""
+    def agent(
+        self, kube: Client, server: str, ca_file: Path, state_dir: Path, extra: Sequence[str] = ()
+    ) -> ManagedProcess:
+        """The node's agent, with a token bound to this Node (as a DaemonSet pod's would be);
+        `extra` are more of its flags (how often it renews its node lease, to match the controller)."""
         kubeconfig = service_account_kubeconfig(
             kube, state_dir / "nodes" / self.name / "agent.kubeconfig", server, ca_file, AGENT_SA, bound_node=self.name
         )
@@ -83,7 +87,7 @@ class HostNode(BaseModel):
                 "--host-root", self.host_root, "--libvirt-uri", self.libvirt_uri,
                 "--virt-type", self.virt_type.value, "--cpu-mode", self.cpu_mode.value,
                 "--extra-vf-ids", self.extra_vf_ids, "--state-dir", str(self.state_dir),
-                "--image-dir", str(self.image_dir),
+                "--image-dir", str(self.image_dir), *extra,
             ],
             state_dir / "logs" / f"agent-{self.name}.log",
         )

@@ -37,6 +37,10 @@ SIMULATED_LABEL = "qatvm.io/simulated"
 INVENTORY_TIMEOUT = 60.0
 PROMETHEUS_TIMEOUT = 60.0
 RESTART_BACKOFF = 1.0
+# Shorter than a real cluster's 40 s, so a lost node shows within a test's patience; still five
+# renewals (every 2 s) missed in a row, so a busy machine does not lose nodes by itself.
+NODE_GRACE_SECONDS = 10
+AGENT_LEASE_ARGS = ("--lease-seconds", str(NODE_GRACE_SECONDS), "--lease-renew-seconds", "2")
 
 
 def node_names(count: int) -> list[str]:
@@ -139,6 +143,7 @@ class Supervisor:
                 "controller",
                 [
                     *python, "controller", "--kubeconfig", controller_config, "--lease-namespace", NAMESPACE,
+                    "--node-grace-seconds", str(NODE_GRACE_SECONDS),
                     *(_metrics_args(monitored.controller) if monitored else []),
                 ],
                 logs / "controller.log",
@@ -151,6 +156,7 @@ class Supervisor:
                     [
                         *python, "agent", "--node", node.name, "--kubeconfig", node.kubeconfig,
                         "--host-root", node.root, "--libvirt-uri", node.libvirt_uri, "--scan-seconds", "2",
+                        *AGENT_LEASE_ARGS,
                         *(_metrics_args(monitored.agents[index]) if monitored else []),
                     ],
                     logs / f"agent-{node.name}.log",
@@ -159,7 +165,9 @@ class Supervisor:
         if monitored:
             self.operators.append(monitored.process(logs))
         if self.host_node:
-            self.operators.append(self.host_node.agent(kube, endpoints.server, self.control_plane.ca_file, self.state_dir))
+            self.operators.append(
+                self.host_node.agent(kube, endpoints.server, self.control_plane.ca_file, self.state_dir, AGENT_LEASE_ARGS)
+            )
         for process in self.operators:
             process.start()
 
