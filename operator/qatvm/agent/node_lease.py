@@ -2,8 +2,9 @@
 
 The controller reads the Lease's age. When renewals had stopped for longer than the lease lasts
 (the agent was frozen, or cut off from the API server), the controller has meanwhile marked the
-node's VMs unreachable; the first renewal after such a gap calls `on_regained`, so the agent
-reconciles them all and reports them again.
+node's VMs unreachable. After each renewal `on_renewed(lapsed)` runs, so the agent reconciles
+them all after such a gap, and, after any renewal, the VMs still marked unreachable: the
+controller may have marked one on a lease it read just before the renewal.
 """
 
 from __future__ import annotations
@@ -33,13 +34,13 @@ class NodeLease:
         *,
         lease_seconds: int = 40,
         renew_seconds: float = 10.0,
-        on_regained: Callable[[], Awaitable[None]] | None = None,
+        on_renewed: Callable[[bool], Awaitable[None]] | None = None,
     ) -> None:
         self.client = client
         self.node = node
         self.lease_seconds = lease_seconds
         self.renew_seconds = renew_seconds
-        self.on_regained = on_regained
+        self.on_renewed = on_renewed
         # When the last renewal that succeeded was sent (monotonic clock).
         self.renewed_at: float | None = None
 
@@ -67,9 +68,10 @@ class NodeLease:
                 await self.renew()
                 lapsed = self.renewed_at is not None and attempt - self.renewed_at > self.lease_seconds
                 self.renewed_at = attempt
-                if lapsed and self.on_regained is not None:
+                if lapsed:
                     log.warning("the node lease had lapsed; reconciling every VM on the node again")
-                    await self.on_regained()
+                if self.on_renewed is not None:
+                    await self.on_renewed(lapsed)
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - logged in full; the next renewal tries again

@@ -36,6 +36,7 @@ from qatvm.agent.node_lease import NodeLease
 from qatvm.agent.reconciler import AllocationMissing, Outcome, VmReconciler
 from qatvm.agent.workqueue import KeyedQueue
 from qatvm.api.base import ObjectRef
+from qatvm.api.conditions import NODE_UNREACHABLE, READY
 from qatvm.api.cpulist import parse_cpulist
 from qatvm.api.qatnode import QatNodeStatus
 from qatvm.api.vm import QatVirtualMachine
@@ -87,7 +88,7 @@ class NodeAgent:
         self._dirty = asyncio.Event()
         self._published = asyncio.Event()
         self.lease = NodeLease(client, config.node, lease_seconds=config.lease_seconds,
-                               renew_seconds=config.lease_renew_seconds, on_regained=self.reassert)
+                               renew_seconds=config.lease_renew_seconds, on_renewed=self.reassert)
 
     # -- events in ---------------------------------------------------------------------------
 
@@ -195,11 +196,15 @@ class NodeAgent:
             await self.events.post(_event_body(vm), "Warning", "Failed", str(error))
         return float(min(MAX_RETRY_SECONDS, 2 ** (tries - 1)))
 
-    async def reassert(self) -> None:
-        """After the node lease lapsed the controller has marked the node's VMs unreachable: every
-        VM gets a pass, which writes its status where it differs from what the node has."""
-        for uid in list(self.vms):
-            self.queue.add(uid)
+    async def reassert(self, everything: bool) -> None:
+        """After a renewal of the node lease: a pass for every VM once the lease had lapsed (the
+        controller has marked them unreachable), else for those still marked so (the controller
+        may have marked one on a lease it read just before this renewal). A pass writes the VM's
+        status where it differs from what the node has; nothing else would say they are fine."""
+        for uid, body in list(self.vms.items()):
+            ready = QatVirtualMachine.model_validate(body).status.condition(READY)
+            if everything or (ready is not None and ready.reason == NODE_UNREACHABLE):
+                self.queue.add(uid)
 
     async def _finish_deletion(self, vm: QatVirtualMachine) -> float | None:
         uid = vm.ref.uid

@@ -18,6 +18,10 @@ SCHEDULED = "Scheduled"
 RECONCILING = "Reconciling"
 STALLED = "Stalled"
 DEVICES_HEALTHY = "DevicesHealthy"
+# Ready's reasons when the VM's node is lost: its agent stopped renewing the node lease, or the
+# node was deleted for good.
+NODE_UNREACHABLE = "NodeUnreachable"
+NODE_GONE = "NodeGone"
 
 Status = Literal["True", "False", "Unknown"]
 

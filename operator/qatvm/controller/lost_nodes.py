@@ -36,8 +36,6 @@ from qatvm.kube import QatNodeResource, QatVirtualMachineResource
 
 log = logging.getLogger(__name__)
 
-UNREACHABLE = "NodeUnreachable"
-GONE = "NodeGone"
 
 
 def unreachable(
@@ -67,25 +65,25 @@ def unreachable(
 def unreachable_status(vm: QatVirtualMachine, why: str) -> dict[str, Any] | None:
     """Ready=False NodeUnreachable; None when the VM already says so."""
     ready = vm.status.condition(cond.READY)
-    if ready is not None and ready.reason == UNREACHABLE:
+    if ready is not None and ready.reason == cond.NODE_UNREACHABLE:
         return None
     message = f"{why}; the VM may still run there, and keeps its VFs until the node is back or deleted"
-    conditions = cond.set_condition(vm.status.conditions, cond.READY, "False", UNREACHABLE, message, vm.metadata.get("generation"))
+    conditions = cond.set_condition(vm.status.conditions, cond.READY, "False", cond.NODE_UNREACHABLE, message, vm.metadata.get("generation"))
     return {"conditions": [c.wire() for c in conditions]}
 
 
 def gone_status(vm: QatVirtualMachine, node: str) -> dict[str, Any] | None:
     """Failed NodeGone, holding nothing: the node and its VFs no longer exist; None when already so."""
     ready = vm.status.condition(cond.READY)
-    if ready is not None and ready.reason == GONE:
+    if ready is not None and ready.reason == cond.NODE_GONE:
         return None
     message = (
         f"node {node} was deleted (its Node and QatNode); delete this VM and create it again to run it elsewhere "
         "(the deletion completes once a cluster admin removes the finalizer agent.qatvm.io/finalizer)"
     )
     generation = vm.metadata.get("generation")
-    conditions = cond.set_condition(vm.status.conditions, cond.READY, "False", GONE, message, generation)
-    conditions = cond.set_condition(conditions, cond.STALLED, "True", GONE, message, generation)
+    conditions = cond.set_condition(vm.status.conditions, cond.READY, "False", cond.NODE_GONE, message, generation)
+    conditions = cond.set_condition(conditions, cond.STALLED, "True", cond.NODE_GONE, message, generation)
     conditions = cond.remove_condition(conditions, cond.RECONCILING)
     return {
         "phase": Phase.FAILED.value,
@@ -131,10 +129,10 @@ class LostNodeWatcher:
             picture.set_unreachable(set(lost))
             self.scheduler.wake.set()
         for node, why in lost.items():
-            for uid in picture.placed_on(node, unless_ready_reason=UNREACHABLE):
+            for uid in picture.placed_on(node, unless_ready_reason=cond.NODE_UNREACHABLE):
                 await self._update(uid, lambda vm, why=why: unreachable_status(vm, why))
         for node in picture.allocated_nodes() - set(picture.labels) - set(picture.inventories):
-            uids = picture.placed_on(node, unless_ready_reason=GONE)
+            uids = picture.placed_on(node, unless_ready_reason=cond.NODE_GONE)
             if uids and await self._gone(node):
                 for uid in uids:
                     await self._update(uid, lambda vm, node=node: gone_status(vm, node))
