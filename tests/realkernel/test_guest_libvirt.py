@@ -112,3 +112,48 @@ print(json.dumps(seen))
     assert "must be manually detached" in seen["error"]["message"], seen["error"]
     assert seen["state"] == "shutoff"
     assert seen["driver"] == "nvme"
+
+
+def test_a_domain_bound_to_numa_node_1_starts_pinned_there(node: Node, libvirtd: str) -> None:
+    """What the agent defines for `qat.numa: require` with dedicated CPUs, on the guest's two NUMA nodes."""
+    vf = node.vfs[0]
+    seen = node.json(
+        DOMAINS
+        + f"""
+from qatvm.domain.spec import HostPlacement
+vf = {vf!r}
+vm = DomainSpec.model_validate({{**dict(spec("pinned", vf)),
+                                 "placement": HostPlacement(host_node=1, strict=True, dedicated_cpus=(1,))}})
+binder.bind_to_vfio(vf)
+hv = open_hypervisor({libvirtd!r})
+seen = {{}}
+try:
+    hv.define(build_domain(vm))
+    hv.start(vm.name)
+    seen["state"] = hv.state(vm.name).value
+    live = hv.domain(vm.name)
+    seen["vcpupin"] = [(p.vcpu, p.cpuset) for p in live.cputune.vcpupins]
+    seen["numatune"] = [live.numatune.memory.mode, live.numatune.memory.nodeset]
+    pid = int(Path(f"/run/libvirt/qemu/{{vm.name}}.pid").read_text())
+    tasks = os.listdir(f"/proc/{{pid}}/task")
+    status = {{t: dict(line.split(":\\t", 1) for line in open(f"/proc/{{pid}}/task/{{t}}/status").read().splitlines() if ":\\t" in line)
+              for t in tasks}}
+    seen["cpus_allowed"] = sorted({{s["Cpus_allowed_list"].strip() for s in status.values()}})
+    seen["mems_allowed"] = sorted({{s["Mems_allowed_list"].strip() for s in status.values()}})
+    seen["numa_maps_bind"] = any("bind:1" in line for line in open(f"/proc/{{pid}}/numa_maps"))
+finally:
+    hv.destroy(vm.name)
+    hv.undefine(vm.name)
+    hv.close()
+    binder.release(vf)
+print(json.dumps(seen))
+""",
+        timeout=180,
+    )
+    assert seen["state"] == "running"
+    assert seen["vcpupin"] == [[0, "1"]]
+    assert seen["numatune"] == ["strict", "1"]
+    # Every QEMU thread (the vCPU and, with no shared CPUs given, the emulator) runs on CPU 1 only,
+    # and its memory may come from NUMA node 1 only (a cpuset or a bind policy, as libvirt can).
+    assert seen["cpus_allowed"] == ["1"], seen
+    assert seen["mems_allowed"] == ["1"] or seen["numa_maps_bind"], seen

@@ -1,6 +1,6 @@
 """Boot the real-kernel test guest under QEMU and run commands in it.
 
-The guest is a q35 machine with an emulated Intel IOMMU and QEMU's NVMe controller with SR-IOV
+The guest is a two-socket (two NUMA nodes) q35 machine with an emulated Intel IOMMU and QEMU's NVMe controller with SR-IOV
 on a PCIe root port: the only SR-IOV device QEMU emulates, and enough to drive the same sysfs
 files (sriov_numvfs, driver_override, bind, unbind, drivers_probe) and /dev/vfio that a QAT VF
 goes through. The host's root is shared read-only, so a command is any host program, run with
@@ -24,6 +24,9 @@ import qatvm
 from qatvm.testbed.guest_agent import PORT_NAME
 from qatvm.testbed.guest_image import GuestImage
 from qatvm.testbed.nvme_sriov import QUEUES_PER_VF
+
+# Two sockets, each its own NUMA node, so discovery reads a real topology and domains can be bound.
+NUMA_NODES = 2
 
 
 class GuestError(RuntimeError):
@@ -75,6 +78,16 @@ class Guest:
         args += [f"qatvm.python={sys.executable}", f"qatvm.pythonpath={self.pythonpath()}"]
         return " ".join(args)
 
+    def numa_arguments(self) -> list[str]:
+        """NUMA nodes as a multi-socket server has them, a socket (its CPUs) and an equal share of
+        memory each: the guest's kernel then lays out devices/system/node as it does there."""
+        arguments = ["-smp", f"{self.cpus},sockets={NUMA_NODES},cores={self.cpus // NUMA_NODES},threads=1"]
+        for node in range(NUMA_NODES):
+            arguments += ["-object", f"memory-backend-ram,id=mem{node},size={self.memory_mib // NUMA_NODES}M"]
+            arguments += ["-numa", f"node,nodeid={node},memdev=mem{node}"]
+            arguments += ["-numa", f"cpu,node-id={node},socket-id={node}"]
+        return arguments
+
     def qemu_command(self, socket_path: Path) -> list[str]:
         return [
             "qemu-system-x86_64",
@@ -87,8 +100,8 @@ class Guest:
             # kernel-irqchip=split for the IOMMU's interrupt remapping.
             "-accel", "tcg",
             "-cpu", "max",
-            "-smp", str(self.cpus),
             "-m", str(self.memory_mib),
+            *self.numa_arguments(),
             "-kernel", str(self.image.kernel),
             "-initrd", str(self.image.initrd),
             "-append", self.kernel_command_line(),
