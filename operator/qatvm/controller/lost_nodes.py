@@ -133,11 +133,11 @@ class LostNodeWatcher:
                 await self._update(uid, lambda vm, why=why: unreachable_status(vm, why))
         for node in picture.allocated_nodes() - set(picture.labels) - set(picture.inventories):
             uids = picture.placed_on(node, unless_ready_reason=cond.NODE_GONE)
-            if uids and await self._gone(node):
+            if uids and await self.gone(node):
                 for uid in uids:
                     await self._update(uid, lambda vm, node=node: gone_status(vm, node))
 
-    async def _gone(self, node: str) -> bool:
+    async def gone(self, node: str) -> bool:
         """Both the Node and its QatNode are deleted (asked of the API server, not the picture)."""
         for resource in (Node, QatNodeResource):
             try:
