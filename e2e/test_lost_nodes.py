@@ -101,8 +101,9 @@ def node_2_comes_back(kubectl: Kubectl, nodes: LocalNodes) -> Iterator[None]:
         "kubernetes.io/hostname": "node-2", "kubernetes.io/os": "linux", "qatvm.io/simulated": "true"}}})
     os.kill(nodes.state().components["agent-node-2"], signal.SIGKILL)
     def whole_again() -> None:
-        qatnode = kubectl.json("get", "qatnode", "node-2")["status"]
-        assert qatnode["free"] == qatnode["total"] == 16, qatnode
+        assert kubectl.exists("qatnode", "node-2")
+        qatnode = kubectl.json("get", "qatnode", "node-2").get("status") or {}
+        assert qatnode.get("free") == qatnode.get("total") == 16, qatnode
     eventually(whole_again, timeout=90)
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from qatvm.api.cpulist import format_cpulist
 from qatvm.testing.cluster import LocalNodes, eventually
 from qatvm.testing.kubectl import Kubectl
 
@@ -79,7 +80,8 @@ def test_a_pinned_vm_runs_on_dedicated_cpus_of_its_vfs_numa_node_with_1gi_pages(
     domain = nodes.domains(st["nodeName"])[st["domain"]["name"]][1]
     assert domain.cputune is not None and domain.numatune is not None and domain.memory_backing is not None
     pinned = [p.cpuset for p in domain.cputune.vcpupins]
-    assert ",".join(pinned) == cpus and all(16 < int(cpu) <= 31 for cpu in pinned)
+    assert format_cpulist(int(cpu) for cpu in pinned) == cpus and len(pinned) == 2
+    assert all(16 < int(cpu) <= 31 for cpu in pinned)
     assert (domain.numatune.memory.mode, domain.numatune.memory.nodeset) == ("strict", "1")
     assert [p.size for p in domain.memory_backing.hugepages.pages] == [1048576]  # type: ignore[union-attr]
     # The node's QatNode shows what it holds: two 1 GiB pages and the two dedicated CPUs.
