@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from qatvm.testing.cluster import LocalNodes, eventually
+from qatvm.testing.cluster import LocalNodes, eventually, local_cluster
 from qatvm.testing.kubectl import Kubectl
 
 from vms import condition, status, vm, wait_ready
@@ -92,35 +92,24 @@ def test_a_cordoned_node_takes_nothing_new(kubectl: Kubectl, namespace: str) -> 
     wait_ready(kubectl, "cordoned", namespace)
 
 
-@pytest.fixture
-def node_2_comes_back(kubectl: Kubectl, nodes: LocalNodes) -> Iterator[None]:
-    yield
-    # As an admin re-adding the machine: the Node again, and a fresh agent (the supervisor
-    # restarts a killed one), which publishes its QatNode and sweeps what the old VMs left.
-    kubectl.apply({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-2", "labels": {
-        "kubernetes.io/hostname": "node-2", "kubernetes.io/os": "linux", "qatvm.io/simulated": "true"}}})
-    os.kill(nodes.state().components["agent-node-2"], signal.SIGKILL)
-    def whole_again() -> None:
-        assert kubectl.exists("qatnode", "node-2")
-        qatnode = kubectl.json("get", "qatnode", "node-2").get("status") or {}
-        assert qatnode.get("free") == qatnode.get("total") == 16, qatnode
-    eventually(whole_again, timeout=240)  # a fresh agent starts slowly on a busy machine
-
-
 def test_deleting_a_lost_nodes_node_and_qatnode_fails_its_vms_and_frees_them(
-    kubectl: Kubectl, namespace: str, nodes: LocalNodes, node_2_comes_back: None
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    kubectl.apply(on("doomed", namespace, "node-2"))
-    wait_ready(kubectl, "doomed", namespace)
-    with frozen(nodes, "node-2"):
-        kubectl.run("delete", "qatnode", "node-2")
-        kubectl.run("delete", "node", "node-2")
-        def failed() -> dict[str, Any]:
-            st = status(kubectl, "doomed", namespace)
-            cond = ready(kubectl, "doomed", namespace)
-            assert (st["phase"], cond["reason"]) == ("Failed", "NodeGone"), st
-            return st
-        st = eventually(failed, timeout=60)
-        assert st["devices"] == [] and not st.get("resources")
-        # No agent is left to let it go: deleting it completes at once.
-        kubectl.run("delete", "qvm", "doomed", "-n", namespace, "--timeout=30s")
+    # A cluster of its own: the shared one keeps both its nodes for the tests after this one.
+    with local_cluster(tmp_path_factory.mktemp("gone") / "cluster", nodes=1) as cluster:
+        assert cluster.local is not None
+        kubectl, nodes, namespace = cluster.kubectl, cluster.local, "default"
+        kubectl.apply(on("doomed", namespace, "node-1"))
+        wait_ready(kubectl, "doomed", namespace)
+        with frozen(nodes, "node-1"):
+            kubectl.run("delete", "qatnode", "node-1")
+            kubectl.run("delete", "node", "node-1")
+            def failed() -> dict[str, Any]:
+                st = status(kubectl, "doomed", namespace)
+                cond = ready(kubectl, "doomed", namespace)
+                assert (st["phase"], cond["reason"]) == ("Failed", "NodeGone"), st
+                return st
+            st = eventually(failed, timeout=60)
+            assert st["devices"] == [] and not st.get("resources")
+            # No agent is left to let it go: deleting it completes at once.
+            kubectl.run("delete", "qvm", "doomed", "-n", namespace, "--timeout=30s")
