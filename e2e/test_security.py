@@ -39,7 +39,7 @@ def test_agent_is_confined_to_its_node(kubectl: Kubectl, nodes: LocalNodes, name
     own_agent = kubectl.with_kubeconfig(nodes.root(home) / "agent.kubeconfig")
 
     assert "may not change a VM's spec" in _refused(
-        own_agent, "patch", "qvm", "guarded", "-n", namespace, "--type=merge", "-p", '{"spec":{"vcpus":8}}'
+        own_agent, "patch", "qvm", "guarded", "-n", namespace, "--type=merge", "-p", '{"spec":{"running":false}}'
     )
     # kubectl reads a status before patching it, a right agents do not need; the API directly:
     other_config = nodes.root(other) / "agent.kubeconfig"
