@@ -94,8 +94,9 @@ def test_writes_per_vm_from_create_to_ready(kubectl: Kubectl, nodes: LocalNodes,
     assert len(controller_events) == 1, controller_events  # Scheduled
 
 
-def test_idle_agents_write_nothing(kubectl: Kubectl, nodes: LocalNodes) -> None:
-    """Agents rescan sysfs every 2 s; with nothing changing, the API server sees no write from them."""
+def test_idle_agents_write_nothing_but_their_node_lease(kubectl: Kubectl, nodes: LocalNodes) -> None:
+    """Agents rescan sysfs every 2 s; with nothing changing, the API server sees no write from
+    them but the heartbeat, as from a kubelet: each renews its own node's Lease."""
 
     def settled() -> None:
         # Earlier tests' namespaces are still being deleted, and their VMs with them.
@@ -113,7 +114,11 @@ def test_idle_agents_write_nothing(kubectl: Kubectl, nodes: LocalNodes) -> None:
     time.sleep(2)
     before = len(agent_writes())
     time.sleep(6.5)  # three scans by each agent
-    assert agent_writes()[before:] == []
+    writes = agent_writes()[before:]
+    heartbeats = [ref for verb, ref in writes if ref.get("resource") == "leases"]
+    assert [w for w in writes if w[1].get("resource") != "leases"] == []
+    assert {(ref["namespace"], ref["name"]) for ref in heartbeats} <= {("qatvm-node-lease", n) for n in nodes.state().nodes}
+    assert heartbeats, "no agent renewed its node lease"
 
 
 # -- attacks: as a tenant with the shipped roles, and as an agent with its real token ------------
@@ -196,3 +201,4 @@ def test_an_agent_token_cannot_move_relabel_or_own_vms(kubectl: Kubectl, nodes: 
     assert "zone" not in kubectl.json("get", "node", home)["metadata"].get("labels", {})
     # Leave no VM holding VFs behind for the tests that count free VFs.
     kubectl.run("delete", "qvm", "--all", "-n", namespace, "--timeout=60s")
+
