@@ -10,6 +10,7 @@ import pytest
 from lightkube.core.exceptions import ApiError
 from lightkube.types import PatchType
 
+from lightkube.resources.coordination_v1 import Lease
 from lightkube.resources.core_v1 import Node
 
 from qatvm.controlplane.kubeconfig import write_kubeconfig
@@ -202,3 +203,20 @@ def test_an_agent_token_cannot_move_relabel_or_own_vms(kubectl: Kubectl, nodes: 
     # Leave no VM holding VFs behind for the tests that count free VFs.
     kubectl.run("delete", "qvm", "--all", "-n", namespace, "--timeout=60s")
 
+
+def test_an_agent_token_renews_only_its_own_node_lease(kubectl: Kubectl, nodes: LocalNodes) -> None:
+    """A node's heartbeat is what keeps its VMs Ready: with its real token, an agent can neither
+    keep another node looking alive nor make it look lost, nor hold its own Lease as another."""
+    home, other = sorted(nodes.state().nodes)[:2]
+    agent = nodes.root(home) / "agent.kubeconfig"
+    renewal = {"spec": {"holderIdentity": other, "renewTime": "2030-01-01T00:00:00.000000Z"}}
+    assert f"may renew only the Lease qatvm-node-lease/{home}, not qatvm-node-lease/{other}" in _patch_refused(
+        agent, Lease, other, renewal, "qatvm-node-lease"
+    )
+    assert f"must hold its Lease as {home}" in _patch_refused(agent, Lease, home, renewal, "qatvm-node-lease")
+    assert "forbidden" in _patch_refused(agent, Lease, "qatvm-controller", renewal, "qatvm-system").lower()
+    with pytest.raises(ApiError) as deleting:
+        client(agent).delete(Lease, other, namespace="qatvm-node-lease")
+    assert deleting.value.status.code == 403
+    kept = kubectl.json("get", "lease", other, "-n", "qatvm-node-lease")["spec"]
+    assert kept["holderIdentity"] == other and not kept["renewTime"].startswith("2030")
