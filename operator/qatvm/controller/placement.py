@@ -254,6 +254,12 @@ def explain(
             f"{needed}; no node has that many even when idle (the largest has {largest})",
             never=True,
         )
+    shut = sum(1 for n in matching if n.unavailable)
+    # Cordons and lost nodes change the layout, not what other tenants hold: safe to count.
+    closed = (
+        f"; {shut} of the {len(matching)} nodes matching its nodeSelector take nothing new (cordoned or unreachable)"
+        if shut else ""
+    )
     if need is not None:
         large = [n for n in matching if capacity(request, n.vfs) >= request.count]
         idle = [_idle(request, need, n) for n in large]
@@ -273,9 +279,9 @@ def explain(
             return NoFit(
                 f"Insufficient{first.resource}",
                 f"{_needs(first, request)}; no node with its VFs free has that free now "
-                f"({could} of {len(inventories)} QAT nodes could hold it when idle)",
+                f"({could} of {len(inventories)} QAT nodes could hold it when idle){closed}",
             )
-    return NoFit("InsufficientVFs", f"{needed}; no node has that many free now (the largest has {largest} when idle)")
+    return NoFit("InsufficientVFs", f"{needed}; no node has that many free now (the largest has {largest} when idle){closed}")
 
 
 def _idle(request: QatRequest, need: ResourceRequest, node: NodeInventory) -> Placement | Shortfall | None:
