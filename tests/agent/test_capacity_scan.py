@@ -9,13 +9,13 @@ from qatvm.agent.inventory import scan
 from qatvm.api.hugepages import PageSize
 from qatvm.api.vm import ResourceAllocation
 from qatvm.hardware import DEFAULT_PROFILE
-from qatvm.node.sysfs import Sysfs
+from simnode import Node
 
 GIB = 1 << 30
 
 
-def test_scan_publishes_capacity_less_the_reservation_and_what_vms_hold(make_node: Callable[..., Sysfs]) -> None:
-    sysfs = make_node(DEFAULT_PROFILE)
+def test_scan_publishes_capacity_less_the_reservation_and_what_vms_hold(make_node: Callable[..., Node]) -> None:
+    sysfs = make_node(DEFAULT_PROFILE).sysfs
     held = [
         ResourceAllocation(vcpus=2, memory="2Gi", hugepage_size=PageSize.SIZE_1GI, numa_node=1, cpus="30-31", dedicated=True, strict=True),
         ResourceAllocation(vcpus=1, memory="512Mi", numa_node=0),

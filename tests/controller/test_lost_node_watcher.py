@@ -16,7 +16,8 @@ from lightkube.resources.core_v1 import Namespace
 from lightkube.types import PatchType
 
 from qatvm.api.lease import NODE_LEASE_NAMESPACE, now
-from qatvm.controller.lost_nodes import AGENT_FINALIZER, LostNodeWatcher
+from qatvm.agent.service import FINALIZER as AGENT_FINALIZER
+from qatvm.controller.lost_nodes import LostNodeWatcher
 from qatvm.controller.scheduler import Scheduler
 from qatvm.controlplane.server import ControlPlane
 from qatvm.kube import QatVirtualMachineResource
@@ -96,9 +97,13 @@ async def test_stale_lease_marks_unreachable_and_a_deleted_node_fails_and_frees_
         ready = next(c for c in held["status"]["conditions"] if c["type"] == "Ready")
         assert (held["status"]["phase"], ready["reason"]) == ("Failed", "NodeGone")
         assert held["status"]["devices"] == [] and "resources" not in held["status"]
-        assert AGENT_FINALIZER not in (held["metadata"].get("finalizers") or [])
-        assert scheduler.picture.resources == {}
-        kubectl.run("delete", "qvm", "held", "-n", namespace, "--timeout=20s")
+        assert [h.resources for _, h in scheduler.picture.holdings()] == [None]
+        # The agent's finalizer stays (only an agent or an admin may remove it): the admin who
+        # deleted the node removes it, and the deletion completes.
+        assert AGENT_FINALIZER in held["metadata"]["finalizers"]
+        kubectl.run("delete", "qvm", "held", "-n", namespace, "--wait=false")
+        kubectl.run("patch", "qvm", "held", "-n", namespace, "--type=json", "-p", '[{"op":"remove","path":"/metadata/finalizers"}]')
+        kubectl.run("wait", "--for=delete", "qvm/held", "-n", namespace, "--timeout=20s")
     finally:
         kubectl.run("delete", "qatnode", NODE, "--ignore-not-found")
         kubectl.run("delete", "node", NODE, "--ignore-not-found")
