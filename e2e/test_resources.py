@@ -45,7 +45,7 @@ def test_a_vm_that_fits_by_vfs_but_not_by_memory_is_pending_saying_why(kubectl: 
     kubectl.apply(sized("too-big", namespace, memory="100Gi"))
     cond = pending_reason(kubectl, "too-big", namespace)
     assert cond["reason"] == "InsufficientMemory"
-    assert cond["message"].startswith("needs 100Gi memory; 2 of 2 nodes have the VFs, and the most any of them has left is ")
+    assert cond["message"].startswith("needs 100Gi memory; no node could hold it even when idle (the largest has "), cond["message"]
     # Tenants learn no node's name from it.
     assert "node-" not in cond["message"]
     assert status(kubectl, "too-big", namespace)["phase"] == "Pending"

@@ -10,6 +10,7 @@ import lightkube
 import pytest
 from lightkube import KubeConfig
 
+from qatvm.api.lease import NODE_LEASE_NAMESPACE
 from qatvm.controlplane.server import ControlPlane
 from qatvm.hardware import HardwareProfile, generate
 from qatvm.kube import apply_crds, client
@@ -36,6 +37,13 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
 @pytest.fixture(scope="session")
 def kubectl(control_plane: ControlPlane) -> Kubectl:
     return Kubectl(control_plane.kubectl, control_plane.kubeconfig)
+
+
+@pytest.fixture(scope="session")
+def node_lease_namespace(kubectl: Kubectl) -> str:
+    """The namespace of the agents' node leases, made once."""
+    kubectl.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NODE_LEASE_NAMESPACE}})
+    return NODE_LEASE_NAMESPACE
 
 
 @pytest.fixture

@@ -9,10 +9,7 @@ from collections.abc import AsyncIterator
 import lightkube
 import pytest
 from lightkube import KubeConfig
-from lightkube.core.exceptions import ApiError
-from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.coordination_v1 import Lease
-from lightkube.resources.core_v1 import Namespace
 
 from qatvm.agent.node_lease import NodeLease
 from qatvm.api.lease import NODE_LEASE_NAMESPACE
@@ -25,13 +22,8 @@ NODE = "node-lease-test"
 
 
 @pytest.fixture
-async def client(control_plane: ControlPlane, kubectl: Kubectl) -> AsyncIterator[lightkube.AsyncClient]:
+async def client(control_plane: ControlPlane, kubectl: Kubectl, node_lease_namespace: str) -> AsyncIterator[lightkube.AsyncClient]:
     made = lightkube.AsyncClient(config=KubeConfig.from_file(str(control_plane.kubeconfig)))
-    try:
-        await made.create(Namespace(metadata=ObjectMeta(name=NODE_LEASE_NAMESPACE)))
-    except ApiError as error:
-        if error.status.code != 409:
-            raise
     yield made
     kubectl.run("delete", "lease", NODE, "-n", NODE_LEASE_NAMESPACE, "--ignore-not-found")
     await made.close()

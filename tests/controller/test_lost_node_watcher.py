@@ -8,11 +8,9 @@ from collections.abc import AsyncIterator
 import lightkube
 import pytest
 from lightkube import KubeConfig
-from lightkube.core.exceptions import ApiError
 from lightkube.models.coordination_v1 import LeaseSpec
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.coordination_v1 import Lease
-from lightkube.resources.core_v1 import Namespace
 from lightkube.types import PatchType
 
 from qatvm.api.lease import NODE_LEASE_NAMESPACE, now
@@ -31,13 +29,8 @@ VF = {"pciAddress": "0000:10:00.1", "pfAddress": "0000:10:00.0", "deviceId": "49
 
 
 @pytest.fixture
-async def client(control_plane: ControlPlane) -> AsyncIterator[lightkube.AsyncClient]:
+async def client(control_plane: ControlPlane, node_lease_namespace: str) -> AsyncIterator[lightkube.AsyncClient]:
     made = lightkube.AsyncClient(config=KubeConfig.from_file(str(control_plane.kubeconfig)))
-    try:
-        await made.create(Namespace(metadata=ObjectMeta(name=NODE_LEASE_NAMESPACE)))
-    except ApiError as error:
-        if error.status.code != 409:
-            raise
     yield made
     await made.close()
 

@@ -5,7 +5,9 @@ kind of request seen (generation, services) it keeps how many matching VFs each 
 with the nodes grouped by that count; `pack` walks the groups from the smallest count that fits
 up, `spread` from the largest down, and both try nodes in name order within a group. That is
 exactly the order `placement.place` ranks nodes in, so the answers are the same (the tests
-check this), at the cost of the few nodes looked at instead of every node.
+check this), at the cost of the few nodes looked at instead of every node. A node with the VFs
+but not the VM's CPUs, memory or huge pages is passed over (`pick`'s `fit` says so, from what the
+picture keeps per node), and the walk goes on in the same order.
 """
 
 from __future__ import annotations

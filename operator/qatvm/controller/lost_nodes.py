@@ -37,7 +37,6 @@ from qatvm.kube import QatNodeResource, QatVirtualMachineResource
 log = logging.getLogger(__name__)
 
 
-
 def unreachable(
     nodes: Iterable[str],
     renewals: Mapping[str, datetime.datetime | None],
@@ -120,7 +119,8 @@ class LostNodeWatcher:
             async for lease in self.client.list(Lease, namespace=NODE_LEASE_NAMESPACE)
             if lease.metadata is not None and lease.metadata.name
         }
-        lost = unreachable(set(picture.labels) | set(picture.inventories), renewals, now(), self.grace, self.since)
+        # Nodes with a QatNode or VMs: a Node without either runs no agent, and that is fine.
+        lost = unreachable(set(picture.inventories) | picture.allocated_nodes(), renewals, now(), self.grace, self.since)
         if set(lost) != picture.unreachable:
             for node in set(lost) - picture.unreachable:
                 log.warning("node %s is unreachable: %s", node, lost[node])
