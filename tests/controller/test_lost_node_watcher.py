@@ -90,7 +90,8 @@ async def test_stale_lease_marks_unreachable_and_a_deleted_node_fails_and_frees_
         ready = next(c for c in held["status"]["conditions"] if c["type"] == "Ready")
         assert (held["status"]["phase"], ready["reason"]) == ("Failed", "NodeGone")
         assert held["status"]["devices"] == [] and "resources" not in held["status"]
-        assert [h.resources for _, h in scheduler.picture.holdings()] == [None]
+        gone = scheduler.picture.allocations[held["metadata"]["uid"]]
+        assert (gone.addresses, gone.resources) == ((), None)
         # The agent's finalizer stays (only an agent or an admin may remove it): the admin who
         # deleted the node removes it, and the deletion completes.
         assert AGENT_FINALIZER in held["metadata"]["finalizers"]

@@ -6,8 +6,8 @@ import datetime
 
 from qatvm.api.vm import QatRequest, QatVirtualMachine
 from qatvm.controller.lost_nodes import gone_status, unreachable, unreachable_status
-from qatvm.controller.placement import NoFit, place
-from qatvm.controller.scheduler import ClusterPicture
+from qatvm.controller.placement import NoFit, Placement, Strategy, place
+from qatvm.controller.picture import ClusterPicture
 
 from test_picture import inventory_body, node_body, vm_body
 
@@ -58,14 +58,25 @@ def test_cordoned_and_unreachable_nodes_take_nothing_new_but_count_as_able_later
     picture.observe_inventory(inventory_body("n1", "0000:10:00.1"))
     cordoned = node_body("n1")
     cordoned["spec"] = {"unschedulable": True}
+    epoch = picture.layout_epoch
     picture.observe_node(cordoned)
-    result = place(QatRequest(count=1), {}, picture.nodes(), picture.taken())
-    assert isinstance(result, NoFit) and "n1: is cordoned" in result.message and not result.never
+    assert picture.layout_epoch > epoch and ("n1", "0000:10:00.1") not in picture.index
+    vm = QatVirtualMachine.model_validate(vm_body())
+    result = picture.decide(vm, Strategy.PACK)
+    # The tenant is told how many of its nodes are closed, never which.
+    assert isinstance(result, NoFit) and result.reason == "InsufficientVFs" and not result.never
+    assert result.message.endswith("; 1 of the 1 nodes matching its nodeSelector take nothing new (cordoned or unreachable)")
+    assert "n1" not in result.message
+    # The plain rule agrees.
+    assert place(QatRequest(count=1), {}, picture.nodes(), picture.taken()) == result
     picture.observe_node(node_body("n1"))  # uncordoned
-    assert not isinstance(place(QatRequest(count=1), {}, picture.nodes(), picture.taken()), NoFit)
-    picture.unreachable.add("n1")
-    result = place(QatRequest(count=1), {}, picture.nodes(), picture.taken())
-    assert isinstance(result, NoFit) and "n1: is unreachable" in result.message and not result.never
+    assert isinstance(picture.decide(vm, Strategy.PACK), Placement)
+    picture.release(vm.metadata["uid"])
+    picture.set_unreachable({"n1"})
+    result = picture.decide(vm, Strategy.PACK)
+    assert isinstance(result, NoFit) and "take nothing new" in result.message and not result.never
+    picture.set_unreachable(set())
+    assert isinstance(picture.decide(vm, Strategy.PACK), Placement)
 
 
 def test_the_picture_knows_where_each_placed_vm_is_and_what_ready_says() -> None:

@@ -352,36 +352,3 @@ def test_more_than_a_node_ever_has_is_never_and_names_the_resource() -> None:
     assert picture.layout_epoch > epoch  # a never-verdict is judged again
     assert isinstance(picture.decide(_sized(UID, vcpus=1, memory="5Gi", page="1Gi"), Strategy.PACK), Placement)
 
-
-# --- cordoned and lost nodes ---------------------------------------------------------------------
-
-
-def test_a_cordoned_or_unreachable_node_takes_nothing_new_and_the_tenant_is_told_how_many() -> None:
-    picture = _ready_picture("0000:10:00.1")
-    cordoned = {**node_body("n1"), "spec": {"unschedulable": True}}
-    epoch = picture.layout_epoch
-    picture.observe_node(cordoned)
-    assert picture.layout_epoch > epoch and ("n1", "0000:10:00.1") not in picture.index
-    refused = picture.decide(_vm(), Strategy.PACK)
-    assert isinstance(refused, NoFit) and refused.reason == "InsufficientVFs" and not refused.never
-    assert "n1" not in refused.message
-    assert refused.message.endswith("; 1 of the 1 nodes matching its nodeSelector take nothing new (cordoned or unreachable)")
-    picture.observe_node(node_body("n1"))  # uncordoned
-    assert isinstance(picture.decide(_vm(), Strategy.PACK), Placement)
-    picture.release(UID)
-    picture.set_unreachable({"n1"})
-    assert isinstance(picture.decide(_vm(), Strategy.PACK), NoFit)
-    picture.set_unreachable(set())
-    assert isinstance(picture.decide(_vm(), Strategy.PACK), Placement)
-
-
-def test_placed_vms_are_known_by_node_and_ready_reason_for_the_lost_node_watcher() -> None:
-    picture = _ready_picture("0000:10:00.1")
-    body = vm_body(UID, rv="2", node="n1", devices=("0000:10:00.1",))
-    body["status"]["conditions"] = [{"type": "Ready", "status": "False", "reason": "NodeUnreachable"}]
-    picture.observe_vm(body)
-    assert picture.allocated_nodes() == {"n1"}
-    assert picture.placed_on("n1", unless_ready_reason="NodeUnreachable") == []
-    assert picture.placed_on("n1", unless_ready_reason="NodeGone") == [UID]
-    picture.observe_vm(body, deleted=True)
-    assert picture.allocated_nodes() == set()

@@ -1,16 +1,17 @@
 """What the controller knows of the cluster, kept from watch events, and what it has promised.
 
-A VF is free when its node exists and takes new VMs (not cordoned, its agent not unreachable), its QatNode lists it healthy and assignable and held by no
-VM (`allocatedTo`: the node's word that it has given the VF back), no VM that exists has it in
-its status, and no decision whose write is still under way has reserved it. Every event changes
-only the VFs it touches, in the index of free VFs, so no decision rebuilds anything. The CPUs,
-memory and huge pages VMs hold are kept per node the same way, with what each node has left
-worked out again only after something on that node changed.
+A VF is free when its node exists and takes new VMs (not cordoned, its agent not unreachable),
+its QatNode lists it healthy and assignable and held by no VM (`allocatedTo`: the node's word
+that it has given the VF back), no VM that exists has it in its status, and no decision whose
+write is still under way has reserved it. Every event changes only the VFs it touches, in the
+index of free VFs, so no decision rebuilds anything. The CPUs, memory and huge pages VMs hold
+are kept per node the same way, with what each node has left worked out again only after
+something on that node changed.
 
-Reservations make decisions without waiting for writes safe: the VFs, CPUs and memory of a
-decision are taken at once, before its write is sent. A write that surely failed (the API server answered) gives them
-back; one whose outcome is unknown (a timeout, a dropped connection) keeps them until the VM's
-next version shows whether the write landed.
+Reservations make decisions without waiting for writes safe: the VFs, CPUs, memory and huge
+pages of a decision are taken at once, before its write is sent. A write that surely failed (the
+API server answered) gives them back; one whose outcome is unknown (a timeout, a dropped
+connection) keeps them until the VM's next version shows whether the write landed.
 """
 
 from __future__ import annotations
