@@ -42,6 +42,7 @@ def test_custom_resource_round_trip_applies_schema_defaults(kubectl: Kubectl, na
         "memory": "512Mi",
         "running": True,
         "vcpus": 1,
+        "dedicatedCpus": False,
     }
     # Served from etcd through the watch cache: a second read sees the same object.
     again = kubectl.json("get", "qatvirtualmachines.qatvm.io", "round-trip", "-n", namespace)
