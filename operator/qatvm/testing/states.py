@@ -81,9 +81,10 @@ class StateCapture:
 
         self.kubectl.apply(vm("changed", self.namespace, node="node-2"))
         self.ready("changed")
-        # The API server's answer to the change: generation moved on, status not yet.
+        # The API server's answer to a change (running: vcpus and memory are frozen once placed):
+        # generation moved on, status not yet.
         patched = self.kubectl.run("patch", "qvm", "changed", "-n", self.namespace, "--type=merge",
-                                   "-p", '{"spec":{"vcpus":2}}', "-o", "json")
+                                   "-p", '{"spec":{"running":false}}', "-o", "json")
         states["unobserved"] = json.loads(patched.stdout)
 
         self.kubectl.apply(vm("deleting", self.namespace, node="node-2"))
