@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 import lightkube
 import pytest
 from lightkube import KubeConfig
+from lightkube.core.exceptions import ApiError
 from lightkube.resources.coordination_v1 import Lease
 
 from qatvm.controller.leader import LeaderElection, candidate_of, process_identity
@@ -146,10 +147,17 @@ async def test_hold_keeps_the_lease_and_returns_when_another_holds_it(candidate:
     assert not holding.done()
 
     # Another controller takes the lease (as after a long pause of this one): hold must return.
-    lease = await read_lease(a)
-    lease.spec.holderIdentity = "ctl-b"
-    lease.spec.renewTime = datetime.datetime.now(datetime.UTC)
-    await b.client.replace(lease)
+    # Its renewals every 0.2 s may land between our read and our write: then read again.
+    while True:
+        lease = await read_lease(a)
+        lease.spec.holderIdentity = "ctl-b"
+        lease.spec.renewTime = datetime.datetime.now(datetime.UTC)
+        try:
+            await b.client.replace(lease)
+            break
+        except ApiError as conflict:
+            if conflict.status.code != 409:
+                raise
     await asyncio.wait_for(holding, timeout=3)
     assert (await read_lease(a)).spec.holderIdentity == "ctl-b"
 
