@@ -40,6 +40,14 @@ NODE_CONTROLLERS = (
 )
 
 
+# A health probe waits this long for its answer: kube-apiserver abandons a /readyz whose client
+# has hung up, so on a slow machine (an emulated guest answers in seconds) a shorter limit would
+# never see one succeed. Between probes the wait grows to POLL_MAX, so the probing does not take
+# the CPU the component needs to start.
+PROBE_TIMEOUT = 15.0
+POLL_MIN, POLL_MAX = 0.1, 1.0
+
+
 class ControlPlaneError(RuntimeError):
     """A component did not come up; the message holds the end of its log."""
 
@@ -86,6 +94,7 @@ class ControlPlane:
         self.ca_file = directory / "pki" / "ca.crt"
         self._processes: list[ManagedProcess] = []
         self._pki: Pki | None = None
+        self._ssl_context: ssl.SSLContext | None = None
         self.server = ""
         self.etcd_url = ""
         # How the API server reaches kubelets (logs, exec): set by whoever runs the nodes.
@@ -105,6 +114,7 @@ class ControlPlane:
     def _start(self, timeout: float) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         pki = self._pki = ensure_pki(self.directory / "pki")
+        self._ssl_context = None
         self.kubectl.parent.mkdir(parents=True, exist_ok=True)
         self.kubectl.unlink(missing_ok=True)
         self.kubectl.symlink_to(binary("kubectl"))
@@ -250,6 +260,7 @@ class ControlPlane:
 
     def _wait(self, process: ManagedProcess, ready: Any, timeout: float) -> None:
         deadline = time.monotonic() + timeout
+        interval = POLL_MIN
         while time.monotonic() < deadline:
             if not process.alive():
                 raise ControlPlaneError(
@@ -258,16 +269,20 @@ class ControlPlane:
                 )
             if ready():
                 return
-            time.sleep(0.1)
+            time.sleep(interval)
+            interval = min(interval * 1.5, POLL_MAX)
         raise ControlPlaneError(
             f"{process.name} was not ready after {timeout:.0f}s; end of {process.log_path}:\n{process.log_tail()}"
         )
 
     def ssl_context(self) -> ssl.SSLContext:
+        """The admin's TLS context, made once: loading the certificates for every probe costs."""
         assert self._pki is not None
-        context = ssl.create_default_context(cafile=str(self._pki.ca.cert))
-        context.load_cert_chain(str(self._pki.admin.cert), str(self._pki.admin.key))
-        return context
+        if self._ssl_context is None:
+            context = ssl.create_default_context(cafile=str(self._pki.ca.cert))
+            context.load_cert_chain(str(self._pki.admin.cert), str(self._pki.admin.key))
+            self._ssl_context = context
+        return self._ssl_context
 
     def _https_ok(self, path: str) -> bool:
         return _get_ok(f"{self.server}{path}", self.ssl_context())
@@ -285,7 +300,7 @@ class ControlPlane:
 
 def _get_ok(url: str, context: ssl.SSLContext | None) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=2, context=context) as response:
+        with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT, context=context) as response:
             return bool(response.status == 200)
     except (urllib.error.URLError, ConnectionError, TimeoutError, ssl.SSLError):
         return False
