@@ -17,10 +17,9 @@ from qatvm.controlplane.binaries import BuildError, ensure_built
 from qatvm.local import host_node as host
 from qatvm.local.node_images import ImageError, pause_archive, qatvm_archive
 from qatvm.local.state import ClusterState, default_state_dir
-from qatvm.local.supervisor import node_names
+from qatvm.local.supervisor import STARTUP_TIMEOUT, node_names
 from qatvm.processes import ManagedProcess, pid_alive, wait_until
 
-UP_TIMEOUT = 180.0
 # Real nodes pull nothing, but start containerd, import the images and start four pods.
 KUBELET_UP_TIMEOUT = 420.0
 DOWN_TIMEOUT = 60.0
@@ -37,14 +36,16 @@ def up(
     kubelet: bool = False,
     monitoring: bool = False,
     host_node: host.HostNode | None = None,
+    timeout: float | None = None,
 ) -> int:
+    timeout = timeout or (KUBELET_UP_TIMEOUT if kubelet else STARTUP_TIMEOUT)
     state = ClusterState.load(state_dir)
     if state and state.running():
         _say(f"the local cluster in {state_dir} is already running (supervisor pid {state.supervisor_pid})")
         if state.ready:
             print(state.exports())
             return 0
-        return _wait_ready(state_dir, None)
+        return _wait_ready(state_dir, None, timeout)
     if host_node and not _ready_for_host_node(host_node):
         return 1
     ensure_built(kubelet=kubelet)
@@ -59,16 +60,20 @@ def up(
     profile += host_node.argv() if host_node else []
     supervisor = ManagedProcess(
         "supervisor",
-        [sys.executable, "-m", "qatvm.local.supervisor", "--state-dir", state_dir, "--nodes", nodes, *profile],
+        [
+            sys.executable, "-m", "qatvm.local.supervisor", "--state-dir", state_dir, "--nodes", nodes,
+            "--timeout", timeout, *profile,
+        ],
         state_dir / "logs" / "supervisor.log",
         env=_child_env(),
         # The cluster must outlive this command; `local down` stops it.
         die_with_parent=False,
     )
     started = time.monotonic()
+    progress = _Progress(supervisor.log_path)
     supervisor.start()
     _say(f"starting the local cluster in {state_dir} (log: {supervisor.log_path})")
-    code = _wait_ready(state_dir, supervisor, KUBELET_UP_TIMEOUT if kubelet else UP_TIMEOUT)
+    code = _wait_ready(state_dir, supervisor, timeout, progress)
     if code == 0:
         _say(f"ready in {time.monotonic() - started:.1f}s")
     return code
@@ -94,9 +99,13 @@ def _child_env() -> dict[str, str]:
     return env
 
 
-def _wait_ready(state_dir: Path, supervisor: ManagedProcess | None, timeout: float = UP_TIMEOUT) -> int:
+def _wait_ready(
+    state_dir: Path, supervisor: ManagedProcess | None, timeout: float, progress: _Progress | None = None
+) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if progress:
+            progress.show()
         state = ClusterState.load(state_dir)
         if state and state.error:
             _say(f"the local cluster failed to start: {state.error}")
@@ -107,9 +116,31 @@ def _wait_ready(state_dir: Path, supervisor: ManagedProcess | None, timeout: flo
         if supervisor is not None and not supervisor.alive():
             _say(f"the local cluster exited during start-up; end of {supervisor.log_path}:\n{supervisor.log_tail()}")
             return 1
-        time.sleep(0.1)
-    _say(f"the local cluster was not ready after {timeout:.0f}s; see {state_dir / 'logs'}")
+        time.sleep(0.2)
+    _say(f"the local cluster was not ready after {timeout:.0f}s (--timeout); see {state_dir / 'logs'}")
     return 1
+
+
+class _Progress:
+    """Says what the supervisor has reached so far (its log's lines), so a slow start shows where it is."""
+
+    def __init__(self, log: Path) -> None:
+        self.log = log
+        # The log is appended to by every start in this state dir: only this one's lines are news.
+        self.shown = log.stat().st_size if log.exists() else 0
+
+    def show(self) -> None:
+        try:
+            with self.log.open("rb") as log:
+                log.seek(self.shown)
+                new = log.read()
+        except FileNotFoundError:
+            return
+        # Whole lines only: the rest is shown once the supervisor has finished writing it.
+        complete = new[: new.rfind(b"\n") + 1]
+        self.shown += len(complete)
+        for line in complete.decode(errors="replace").splitlines():
+            _say(f"  {line}")
 
 
 def down(state_dir: Path, purge: bool) -> int:
@@ -212,6 +243,11 @@ def main(argv: list[str] | None = None) -> int:
                 "8 VFs each, on NUMA nodes 0 (sym;asym) and 1 (dc); see `qatvm hardware --print-default-profile`",
             )
             sub.add_argument(
+                "--timeout", type=float, metavar="SECONDS",
+                help=f"how long to wait for the cluster to be ready (default: {STARTUP_TIMEOUT:.0f}, "
+                f"{KUBELET_UP_TIMEOUT:.0f} with --kubelet); a slow machine, such as an emulated one, may need more",
+            )
+            sub.add_argument(
                 "--monitoring", action="store_true",
                 help="also run Prometheus (Debian's `prometheus`) on loopback, scraping the controller and every agent",
             )
@@ -231,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "up":
             host_node = host.from_args(parsers["up"], args, node_names(args.nodes))
-            return up(state_dir, args.nodes, args.hardware, args.kubelet, args.monitoring, host_node)
+            return up(state_dir, args.nodes, args.hardware, args.kubelet, args.monitoring, host_node, args.timeout)
         if args.command == "down":
             return down(state_dir, args.purge)
         return status(state_dir, args.output)

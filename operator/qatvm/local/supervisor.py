@@ -34,7 +34,9 @@ from qatvm.processes import ManagedProcess, free_port, wait_until
 from qatvm.testing.kubectl import Kubectl
 
 SIMULATED_LABEL = "qatvm.io/simulated"
-INVENTORY_TIMEOUT = 60.0
+# How long `local up` waits for a ready cluster by default (--timeout changes it): the control
+# plane and every node's inventory must be there within it.
+STARTUP_TIMEOUT = 180.0
 PROMETHEUS_TIMEOUT = 60.0
 RESTART_BACKOFF = 1.0
 # Shorter than a real cluster's 40 s, so a lost node shows within a test's patience; still five
@@ -68,8 +70,10 @@ class Supervisor:
         kubelet_images: list[Path] | None = None,
         monitoring: bool = False,
         host_node: host.HostNode | None = None,
+        timeout: float = STARTUP_TIMEOUT,
     ) -> None:
         self.state_dir = state_dir
+        self.timeout = timeout
         self.nodes = [SimulatedNode(name, state_dir / "nodes" / name) for name in node_names(nodes)]
         self.host_node = host_node
         self.profile = profile
@@ -92,11 +96,12 @@ class Supervisor:
 
     def run(self) -> int:
         started = time.monotonic()
+        deadline = started + self.timeout
         self.state.save(self.state_dir)
         try:
             if self.kubelets:
                 self.kubelets.prepare(self.control_plane)
-            endpoints = self.control_plane.start()
+            endpoints = self.control_plane.start(timeout=deadline - time.monotonic())
             print(f"control plane ready in {time.monotonic() - started:.1f}s", flush=True)
             kube = self.kube = client(endpoints.kubeconfig)
             apply_crds(kube)
@@ -108,7 +113,7 @@ class Supervisor:
                     self.host_node.register(kube)
                 apply_rbac(kube)
                 self._start_operators(kube, endpoints)
-                self._wait_for_inventories(kube)
+                self._wait_for_inventories(kube, deadline)
                 print(f"every node's inventory published {time.monotonic() - started:.1f}s after start", flush=True)
                 self._wait_for_prometheus()
         except Exception as error:  # the reason goes to `local up`, which prints it
@@ -202,9 +207,8 @@ class Supervisor:
         if not process.alive():
             raise RuntimeError(f"Prometheus exited during start-up:\n{process.log_tail()}")
 
-    def _wait_for_inventories(self, kube: Client) -> None:
+    def _wait_for_inventories(self, kube: Client, deadline: float) -> None:
         """Ready means usable: every agent has published its node's VFs."""
-        deadline = time.monotonic() + INVENTORY_TIMEOUT
         waiting = set(self.state.nodes)
         while waiting:
             waiting -= {item.to_dict()["metadata"]["name"] for item in kube.list(QatNodeResource) if item.to_dict().get("status")}
@@ -212,7 +216,7 @@ class Supervisor:
             if crashed:
                 raise RuntimeError(f"{crashed[0].name} exited during start-up:\n{crashed[0].log_tail()}")
             if waiting and time.monotonic() > deadline:
-                raise TimeoutError(f"no inventory from {', '.join(sorted(waiting))} after {INVENTORY_TIMEOUT:.0f}s")
+                raise TimeoutError(f"no inventory from {', '.join(sorted(waiting))} within {self.timeout:.0f}s of start")
             time.sleep(0.2)
 
     def _record_pids(self) -> None:
@@ -270,12 +274,13 @@ def main(argv: list[str] | None = None) -> int:
         "--kubelet-image", type=Path, action="append", help="real nodes: an OCI archive each node loads (repeat)"
     )
     parser.add_argument("--monitoring", action="store_true", help="also run Prometheus, scraping every component")
+    parser.add_argument("--timeout", type=float, default=STARTUP_TIMEOUT, help="seconds to be ready in")
     host.add_arguments(parser)
     args = parser.parse_args(argv)
     profile = load_profile(args.hardware) if args.hardware else DEFAULT_PROFILE
     supervisor = Supervisor(
         args.state_dir, args.nodes, profile, args.kubelet_image, monitoring=args.monitoring,
-        host_node=host.from_args(parser, args, node_names(args.nodes)),
+        host_node=host.from_args(parser, args, node_names(args.nodes)), timeout=args.timeout,
     )
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, lambda *_: supervisor.stopping.set())
