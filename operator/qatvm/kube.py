@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 from typing import Any, cast
 
+import httpx2
 from lightkube import Client
 from lightkube.codecs import load_all_yaml
 from lightkube.config.kubeconfig import KubeConfig
@@ -28,10 +29,12 @@ QatVirtualMachineResource = create_namespaced_resource(
 QatNodeResource = create_global_resource(GROUP, VERSION, "QatNode", "qatnodes")
 
 
-def client(kubeconfig: Path | None = None, field_manager: str = FIELD_MANAGER) -> Client:
-    """A client for `kubeconfig`, or for the usual KUBECONFIG / in-cluster lookup when None."""
+def client(kubeconfig: Path | None = None, field_manager: str = FIELD_MANAGER, timeout: float | None = None) -> Client:
+    """A client for `kubeconfig`, or for the usual KUBECONFIG / in-cluster lookup when None.
+
+    `timeout`: seconds each request may take (lightkube's default is 10)."""
     config = KubeConfig.from_file(str(kubeconfig)) if kubeconfig else KubeConfig.from_env()
-    return Client(config=config, field_manager=field_manager)
+    return Client(config=config, field_manager=field_manager, timeout=httpx2.Timeout(timeout) if timeout else None)
 
 
 def crd_dir() -> Path:

@@ -43,6 +43,9 @@ RESTART_BACKOFF = 1.0
 # renewals (every 2 s) missed in a row, so a busy machine does not lose nodes by itself.
 NODE_GRACE_SECONDS = 10
 AGENT_LEASE_ARGS = ("--lease-seconds", str(NODE_GRACE_SECONDS), "--lease-renew-seconds", "2")
+# A just-started API server installing CRDs can take longer than lightkube's 10 s to answer on a
+# slow machine (an emulated one: tens of seconds); the start-up deadline bounds the whole anyway.
+REQUEST_TIMEOUT = 60.0
 
 
 def node_names(count: int) -> list[str]:
@@ -101,10 +104,10 @@ class Supervisor:
         try:
             if self.kubelets:
                 self.kubelets.prepare(self.control_plane)
-            endpoints = self.control_plane.start(timeout=deadline - time.monotonic())
+            endpoints = self.control_plane.start(timeout=max(deadline - time.monotonic(), 0))
             print(f"control plane ready in {time.monotonic() - started:.1f}s", flush=True)
-            kube = self.kube = client(endpoints.kubeconfig)
-            apply_crds(kube)
+            kube = self.kube = client(endpoints.kubeconfig, timeout=REQUEST_TIMEOUT)
+            apply_crds(kube, timeout=max(deadline - time.monotonic(), 0))
             if self.kubelets:
                 self._start_kubelets(kube, endpoints)
             else:
