@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from qatvm.local.state import ClusterState
-from qatvm.processes import pid_alive
+from qatvm.processes import pid_alive, wait_until
 from qatvm.testing.cluster import eventually
 from qatvm.testing.installed import require_commands
 from qatvm.testing.kubectl import Kubectl
@@ -35,6 +35,8 @@ def test_local_up_serves_crds_and_nodes_and_down_leaves_nothing(tmp_path: Path) 
     elapsed = time.monotonic() - started
     assert up.returncode == 0, up.stderr
     print(f"warm `qatvm local up` took {elapsed:.1f}s")
+    # While it waits, `up` shows each stage the supervisor reaches.
+    assert "  control plane ready in " in up.stderr and "  every node's inventory published " in up.stderr, up.stderr
     try:
         env = exports(up.stdout)
         assert env["KUBECONFIG"] == str(state_dir / "kubeconfig")
@@ -61,6 +63,19 @@ def test_local_up_serves_crds_and_nodes_and_down_leaves_nothing(tmp_path: Path) 
     # The supervisor, etcd, kube-apiserver, kube-controller-manager, the controller, 3 agents.
     assert len(pids) == 8 and not any(pid_alive(pid) for pid in pids)
     assert qatvm("local", "status", "--state-dir", str(state_dir)).returncode == 3
+
+
+def test_up_gives_up_at_its_timeout_and_so_does_the_supervisor(tmp_path: Path) -> None:
+    state_dir = tmp_path / "cluster"
+    up = qatvm("local", "up", "--nodes", "1", "--state-dir", str(state_dir), "--timeout", "1")
+    assert up.returncode == 1, up.stderr
+    assert "not ready after 1s (--timeout)" in up.stderr or "failed to start" in up.stderr, up.stderr
+    # The supervisor has the same deadline: it stops what it started and exits, leaving the reason.
+    state = ClusterState.load(state_dir)
+    assert state is not None
+    assert wait_until(lambda: not pid_alive(state.supervisor_pid), 60)
+    final = ClusterState.load(state_dir)
+    assert final is not None and final.error and "not ready after" in final.error, final
 
 
 def test_state_survives_down_and_up(tmp_path: Path) -> None:
