@@ -135,7 +135,8 @@ def test_local_up_host_node_runs_a_vm_with_a_real_vf_and_gives_it_back(
         sh.run("kubectl", "wait", "--for=condition=Ready", f"qvm/{VM}", "--timeout=180s", timeout=200)
         timings["host node: apply to Ready"] = time.monotonic() - started
 
-        status = sh.kubectl_json("get", "qvm", VM)["status"]
+        vm = sh.kubectl_json("get", "qvm", VM)
+        status = vm["status"]
         assert status["phase"] == "Running" and status["nodeName"] == NODE
         vf = status["devices"][0]["pciAddress"]
         assert vf in node.vfs and sh.driver(vf) == "vfio-pci"
@@ -148,8 +149,8 @@ def test_local_up_host_node_runs_a_vm_with_a_real_vf_and_gives_it_back(
         ]
         bus, slot, function = (int(part, 16) for part in vf.replace(".", ":").split(":")[1:])
         assert addresses == [{"domain": 0, "bus": bus, "slot": slot, "function": function}]
-        # The agent's files are where --agent-state-dir put them.
-        assert sh.run("ls", str(AGENT_STATE / "vms"))[1].split() == [domain]
+        # The agent's files (one folder per VM, named by its UID) are where --agent-state-dir put them.
+        assert sh.run("ls", str(AGENT_STATE / "vms"))[1].split() == [vm["metadata"]["uid"]]
 
         table = sh.run("kubectl", "get", "qvm")[1].splitlines()
         assert table[0].split() == ["NAME", "PHASE", "NODE", "VFS", "READY", "AGE"]
@@ -172,7 +173,7 @@ def test_local_up_host_node_runs_a_vm_with_a_real_vf_and_gives_it_back(
     finally:
         state = json.loads(sh.run("cat", str(STATE / "cluster.json"))[1])
         started = time.monotonic()
-        sh.qatvm("local", "down", "--state-dir", str(STATE))
+        sh.qatvm("local", "down", "--state-dir", str(STATE), timeout=UP_TIMEOUT)
         timings["host node: qatvm local down"] = time.monotonic() - started
     pids = [state["supervisor_pid"], *state["components"].values()]
     assert sh.run("sh", "-c", " ".join(f"test ! -e /proc/{pid} &&" for pid in pids) + " echo gone")[1].strip() == "gone"
