@@ -81,11 +81,16 @@ def vm() -> dict[str, Any]:
 def test_host_node_runs_a_vm_and_down_gives_the_host_back(tmp_path: Path) -> None:
     root = host_root(tmp_path, PROFILE)
     state_dir = tmp_path / "cluster"
-    up = qatvm("local", "up", "--nodes", "1", "--state-dir", str(state_dir), *host_flags(root))
+    reservation = ["--reserved-cpus", "1", "--reserved-memory", "512Mi"]
+    up = qatvm("local", "up", "--nodes", "1", "--state-dir", str(state_dir), *host_flags(root), *reservation)
     assert up.returncode == 0, up.stderr
     assert "ok   IOMMU: on" in up.stderr and "ok   VFs: 2 of 2 VFs assignable" in up.stderr
     kubectl = Kubectl(state_dir / "bin" / "kubectl", state_dir / "kubeconfig")
     try:
+        # The host's own reservation reached its agent: what it keeps back is off the capacity.
+        numa = kubectl.json("get", "qatnode", "hn")["status"]["numa"]
+        assert [n["reservedCpus"] for n in numa if n["reservedCpus"]] == ["1"]
+        assert {n["reservedMemory"] for n in numa} == {512 * 2**20}
         nodes = {n["metadata"]["name"]: n["metadata"]["labels"] for n in kubectl.json("get", "nodes")["items"]}
         assert sorted(nodes) == ["hn", "node-1"]
         assert "qatvm.io/simulated" not in nodes["hn"] and nodes["hn"]["kubernetes.io/hostname"] == "hn"
@@ -145,4 +150,10 @@ def test_host_node_flags_are_checked(tmp_path: Path) -> None:
     assert twin.returncode == 2 and "also the name of a simulated node" in twin.stderr
     bad = qatvm("local", "up", "--state-dir", str(tmp_path), "--host-node", "Not_A_Name")
     assert bad.returncode == 2 and "is not a valid Node name" in bad.stderr
+    cpus = qatvm("local", "up", "--state-dir", str(tmp_path), "--host-node", "hn", "--reserved-cpus", "3-1")
+    assert cpus.returncode == 2 and "--reserved-cpus: '3-1' in CPU list '3-1' is not a CPU or an ascending range" in cpus.stderr
+    memory = qatvm("local", "up", "--state-dir", str(tmp_path), "--host-node", "hn", "--reserved-memory", "lots")
+    assert memory.returncode == 2 and "--reserved-memory: 'lots' is not a Kubernetes quantity" in memory.stderr
+    lonely = qatvm("local", "up", "--state-dir", str(tmp_path), "--reserved-memory", "1Gi")
+    assert lonely.returncode == 2 and "--reserved-memory configure the host node: add --host-node" in lonely.stderr
     assert not (tmp_path / "cluster.json").exists()

@@ -23,6 +23,8 @@ from lightkube.resources.core_v1 import Node
 from pydantic import BaseModel, ConfigDict
 
 from qatvm.agent.config import STATE_DIR
+from qatvm.api.cpulist import parse_cpulist
+from qatvm.api.quantity import parse_bytes
 from qatvm.domain.spec import CpuMode, VirtType
 from qatvm.local.credentials import AGENT_SA, service_account_kubeconfig
 from qatvm.node.devices import ExtraVfId
@@ -48,6 +50,9 @@ class HostNode(BaseModel):
     image_dir: PurePosixPath = DEFAULT_IMAGE_DIR
     # `/` on a real machine; a simulated node's root in tests.
     host_root: Path = Path("/")
+    # What the host keeps for itself, as the agent's flags take it; None: the agent's defaults.
+    reserved_cpus: str | None = None
+    reserved_memory: str | None = None
 
     def argv(self) -> list[str]:
         """The flags that give this node to another process (the supervisor) via `from_args`."""
@@ -55,8 +60,12 @@ class HostNode(BaseModel):
             "--host-node", self.name, "--libvirt-uri", self.libvirt_uri, "--virt-type", self.virt_type.value,
             "--cpu-mode", self.cpu_mode.value, "--extra-vf-ids", self.extra_vf_ids,
             "--agent-state-dir", str(self.state_dir), "--image-dir", str(self.image_dir),
-            "--host-root", str(self.host_root),
+            "--host-root", str(self.host_root), *self._reservation(),
         ]
+
+    def _reservation(self) -> list[str]:
+        flags = [("--reserved-cpus", self.reserved_cpus), ("--reserved-memory", self.reserved_memory)]
+        return [part for flag, value in flags if value is not None for part in (flag, value)]
 
     def preflight(self) -> list[Finding]:
         return check_readiness(
@@ -87,7 +96,7 @@ class HostNode(BaseModel):
                 "--host-root", self.host_root, "--libvirt-uri", self.libvirt_uri,
                 "--virt-type", self.virt_type.value, "--cpu-mode", self.cpu_mode.value,
                 "--extra-vf-ids", self.extra_vf_ids, "--state-dir", str(self.state_dir),
-                "--image-dir", str(self.image_dir), *extra,
+                "--image-dir", str(self.image_dir), *self._reservation(), *extra,
             ],
             state_dir / "logs" / f"agent-{self.name}.log",
         )
@@ -130,10 +139,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help=f"the host node's agent files: VM disks, binding records (default: {STATE_DIR})")
     group.add_argument("--image-dir", type=PurePosixPath, metavar="DIR",
                        help=f"where the base images VMs name are (default: {DEFAULT_IMAGE_DIR})")
+    group.add_argument("--reserved-cpus", metavar="CPULIST",
+                       help="host CPUs no VM gets, e.g. 0,16; '' for none (default: the first CPU of each NUMA node)")
+    group.add_argument("--reserved-memory", metavar="QUANTITY",
+                       help="memory kept for the host on each NUMA node (default: 1Gi)")
     group.add_argument("--host-root", type=Path, help=argparse.SUPPRESS)
 
 
-HOST_ONLY = ("libvirt_uri", "virt_type", "cpu_mode", "extra_vf_ids", "agent_state_dir", "image_dir", "host_root")
+HOST_ONLY = (
+    "libvirt_uri", "virt_type", "cpu_mode", "extra_vf_ids", "agent_state_dir", "image_dir", "reserved_cpus",
+    "reserved_memory", "host_root",
+)
 
 
 def from_args(parser: argparse.ArgumentParser, args: argparse.Namespace, simulated: list[str]) -> HostNode | None:
@@ -152,13 +168,16 @@ def from_args(parser: argparse.ArgumentParser, args: argparse.Namespace, simulat
         value = getattr(args, flag)
         if value is not None and not value.is_absolute():
             parser.error(f"--{flag.replace('_', '-')} {value}: give an absolute path")
-    try:
-        ExtraVfId.parse_list(args.extra_vf_ids or "")
-    except ValueError as error:
-        parser.error(f"--extra-vf-ids: {error}")
+    for flag, parse in (("extra_vf_ids", ExtraVfId.parse_list), ("reserved_cpus", parse_cpulist), ("reserved_memory", parse_bytes)):
+        value = getattr(args, flag)
+        try:
+            if value is not None:
+                parse(value)
+        except ValueError as error:
+            parser.error(f"--{flag.replace('_', '-')}: {error}")
     given = {
         "libvirt_uri": args.libvirt_uri, "virt_type": args.virt_type, "cpu_mode": args.cpu_mode,
         "extra_vf_ids": args.extra_vf_ids, "state_dir": args.agent_state_dir, "image_dir": args.image_dir,
-        "host_root": args.host_root,
+        "host_root": args.host_root, "reserved_cpus": args.reserved_cpus, "reserved_memory": args.reserved_memory,
     }
     return HostNode(name=args.host_node, **{k: v for k, v in given.items() if v is not None})
