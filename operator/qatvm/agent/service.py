@@ -78,6 +78,10 @@ class NodeAgent:
         self.queue = KeyedQueue(self.reconcile, concurrency=4 * workers)
         # The VMs placed on this node, as last seen alive, by UID.
         self.vms: dict[str, dict[str, Any]] = {}
+        # The resourceVersion of our own last write to a VM while the watch has not yet brought
+        # its echo: the watch delivers in order, so every event before the echo is older than
+        # what we hold, and taking it would make the next pass write from a stale copy (a 409).
+        self.ahead: dict[str, str] = {}
         # UIDs a watch or an audit says may be gone: the next pass asks the API.
         self.suspects: dict[str, ObjectRef | None] = {}
         # What this process applied, per UID: the generation and what came of it.
@@ -100,10 +104,16 @@ class NodeAgent:
         known = self.vms.get(uid)
         if deleted:
             self.vms.pop(uid, None)
+            self.ahead.pop(uid, None)
             self.suspects[uid] = _ref(body)
         else:
+            ahead = self.ahead.get(uid)
+            if ahead is not None:
+                if ahead == meta.get("resourceVersion"):
+                    del self.ahead[uid]
+                return  # older than our own write, or its echo: what we hold is newer or the same
             if known is not None and known["metadata"].get("resourceVersion") == meta.get("resourceVersion"):
-                return  # the echo of our own write, already seen
+                return
             self.vms[uid] = copy.deepcopy(body)
         if deleted or known is None or _placement(known) != _placement(body):
             self._dirty.set()  # who holds which VF may have changed: publish soon
@@ -121,6 +131,7 @@ class NodeAgent:
                 await self._clean_up_vanished(uid, ref)
                 return None
             self.vms[uid] = body
+            self.ahead.pop(uid, None)
         body = self.vms.get(uid)
         if body is None:
             return None
@@ -228,6 +239,7 @@ class NodeAgent:
 
     def _forget(self, uid: str) -> None:
         self.applied.pop(uid, None)
+        self.ahead.pop(uid, None)
         self.failures.pop(uid, None)
         self.health.pop(uid, None)
         self._dirty.set()
@@ -271,6 +283,7 @@ class NodeAgent:
         uid = body["metadata"]["uid"]
         if uid in self.vms:
             self.vms[uid] = body
+            self.ahead[uid] = body["metadata"]["resourceVersion"]
         return QatVirtualMachine.model_validate(body)
 
     # -- the node's holdings against the API ---------------------------------------------------
@@ -288,7 +301,10 @@ class NodeAgent:
         for uid, body in listed.items():
             known = self.vms.get(uid)
             if known is None or known["metadata"].get("resourceVersion") != body["metadata"].get("resourceVersion"):
+                # The LIST is the API's word now: it also ends a wait for an echo a restarted watch
+                # may never bring.
                 self.vms[uid] = body
+                self.ahead.pop(uid, None)
                 self.queue.add(uid)
         for uid, ref in holdings.refs.items():
             if uid not in listed:

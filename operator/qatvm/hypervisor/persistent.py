@@ -69,8 +69,13 @@ class PersistentTestHypervisor(Hypervisor):
         elements: dict[str, tuple[tuple[str, int, bool], minidom.Element]] = {}
         try:
             for dom in self._connection.listAllDomains(0):
-                # The inactive definition is what the test driver boots from when it reloads.
-                made_from = (dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE), dom.state()[0], bool(dom.isPersistent()))
+                try:
+                    # The inactive definition is what the test driver boots from when it reloads.
+                    made_from = (dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE), dom.state()[0], bool(dom.isPersistent()))
+                except libvirt.libvirtError as error:
+                    if error.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                        continue  # removed by another VM's pass since the list: its own write follows
+                    raise
                 uuid = dom.UUIDString()
                 known = self._elements.get(uuid)
                 element = known[1] if known is not None and known[0] == made_from else self._element(*made_from)
