@@ -20,6 +20,7 @@ from lightkube.types import PatchType
 
 from qatvm.agent.service import FINALIZER, NodeAgent
 from qatvm.hypervisor import DomainState
+from qatvm.controlplane.server import ControlPlane
 from qatvm.kube import QatVirtualMachineResource
 from qatvm.node.binding import VfBinder
 from qatvm.node.sysfs import open_sysfs
@@ -94,6 +95,28 @@ async def test_a_placed_vm_costs_a_finalizer_and_one_status_write(agent: NodeAge
     assert (await read(kube, body))["metadata"]["resourceVersion"] == before
     assert owners(node) == {GEN4_A: body["metadata"]["uid"]}
     assert agent.publisher.holders_of({GEN4_A})[GEN4_A].uid == body["metadata"]["uid"]  # type: ignore[union-attr]
+
+
+async def test_watch_events_older_than_its_own_writes_are_not_taken(
+    agent: NodeAgent, place: Place, kube: lightkube.AsyncClient, control_plane: ControlPlane
+) -> None:
+    """The watch may bring the allocation's event after the agent's own writes have answered:
+    taking it would make the next pass write from that stale copy (a 409, and a retry)."""
+    body = await place("late", [GEN4_A])
+    await settle(agent, body)
+    done = await read(kube, body)
+    for stale in (body, body):  # late, and late again before the echo
+        await settle(agent, stale)
+    assert agent.vms[body["metadata"]["uid"]]["metadata"]["resourceVersion"] == done["metadata"]["resourceVersion"]
+    await settle(agent, done)  # the echo ends the wait; a newer change is taken again
+    assert body["metadata"]["uid"] not in agent.ahead
+    conflicts = [
+        e for e in control_plane.audit_log.events()
+        if (e.get("objectRef") or {}).get("name") == "late" and e.get("stage") == "ResponseComplete"
+        and (e.get("responseStatus") or {}).get("code") == 409
+    ]
+    assert conflicts == []
+    assert (await read(kube, body))["metadata"]["resourceVersion"] == done["metadata"]["resourceVersion"]
 
 
 async def test_a_deleted_event_for_a_vm_that_exists_deletes_nothing(agent: NodeAgent, place: Place, kube: lightkube.AsyncClient, node: Node) -> None:
