@@ -51,6 +51,8 @@ def test_gone_fails_the_vm_and_drops_what_it_held() -> None:
     ready = next(c for c in change["conditions"] if c["type"] == "Ready")
     assert ready["reason"] == "NodeGone" and "node n1 was deleted" in ready["message"]
     assert gone_status(_vm(conditions=change["conditions"]), "n1") is None
+    # A deleted node's lease goes stale too: gone stays gone, not unreachable again.
+    assert unreachable_status(_vm(conditions=change["conditions"]), "the agent on n1 has not renewed") is None
 
 
 def test_cordoned_and_unreachable_nodes_take_nothing_new_but_count_as_able_later() -> None:
@@ -84,8 +86,8 @@ def test_the_picture_knows_where_each_placed_vm_is_and_what_ready_says() -> None
     body = vm_body(node="n1", devices=("0000:10:00.1",))
     body["status"]["conditions"] = [{"type": "Ready", "status": "False", "reason": "NodeUnreachable"}]
     picture.observe_vm(body)
-    assert picture.placed_on("n1", unless_ready_reason="NodeGone") == [body["metadata"]["uid"]]
-    assert picture.placed_on("n1", unless_ready_reason="NodeUnreachable") == []
+    assert picture.placed_on("n1", unless_ready_reason=frozenset({"NodeGone"})) == [body["metadata"]["uid"]]
+    assert picture.placed_on("n1", unless_ready_reason=frozenset({"NodeUnreachable"})) == []
     assert picture.allocated_nodes() == {"n1"}
     picture.observe_vm(body, deleted=True)
     assert picture.allocated_nodes() == set()

@@ -95,6 +95,12 @@ async def test_stale_lease_marks_unreachable_and_a_deleted_node_fails_and_frees_
         # The agent's finalizer stays (only an agent or an admin may remove it): the admin who
         # deleted the node removes it, and the deletion completes.
         assert AGENT_FINALIZER in held["metadata"]["finalizers"]
+        # The deleted node's lease goes stale as well: the VM stays gone, with no further write.
+        await lease_renewed(client, seconds_ago=60)
+        for _ in range(2):
+            await watcher.check()
+        after = kubectl.json("get", "qvm", "held", "-n", namespace)
+        assert after["metadata"]["resourceVersion"] == held["metadata"]["resourceVersion"], after["status"]
         kubectl.run("delete", "qvm", "held", "-n", namespace, "--wait=false")
         kubectl.run("patch", "qvm", "held", "-n", namespace, "--type=json", "-p", '[{"op":"remove","path":"/metadata/finalizers"}]')
         kubectl.run("wait", "--for=delete", "qvm/held", "-n", namespace, "--timeout=20s")

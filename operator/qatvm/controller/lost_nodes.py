@@ -62,9 +62,9 @@ def unreachable(
 
 
 def unreachable_status(vm: QatVirtualMachine, why: str) -> dict[str, Any] | None:
-    """Ready=False NodeUnreachable; None when the VM already says so."""
+    """Ready=False NodeUnreachable; None when the VM already says so, or says its node is gone."""
     ready = vm.status.condition(cond.READY)
-    if ready is not None and ready.reason == cond.NODE_UNREACHABLE:
+    if ready is not None and ready.reason in (cond.NODE_UNREACHABLE, cond.NODE_GONE):
         return None
     message = f"{why}; the VM may still run there, and keeps its VFs until the node is back or deleted"
     conditions = cond.set_condition(vm.status.conditions, cond.READY, "False", cond.NODE_UNREACHABLE, message, vm.metadata.get("generation"))
@@ -129,10 +129,12 @@ class LostNodeWatcher:
             picture.set_unreachable(set(lost))
             self.scheduler.wake.set()
         for node, why in lost.items():
-            for uid in picture.placed_on(node, unless_ready_reason=cond.NODE_UNREACHABLE):
+            # Gone is final: a node deleted for good also stops renewing its lease, and its VMs must
+            # not flip back to unreachable on every round.
+            for uid in picture.placed_on(node, unless_ready_reason=frozenset({cond.NODE_UNREACHABLE, cond.NODE_GONE})):
                 await self._update(uid, lambda vm, why=why: unreachable_status(vm, why))
         for node in picture.allocated_nodes() - set(picture.labels) - set(picture.inventories):
-            uids = picture.placed_on(node, unless_ready_reason=cond.NODE_GONE)
+            uids = picture.placed_on(node, unless_ready_reason=frozenset({cond.NODE_GONE}))
             if uids and await self.gone(node):
                 for uid in uids:
                     await self._update(uid, lambda vm, node=node: gone_status(vm, node))

@@ -258,8 +258,8 @@ class ClusterPicture:
         yield from self.allocations.items()
         yield from ((uid, r.holding) for uid, r in self.reservations.items())
 
-    def placed_on(self, node: str, unless_ready_reason: str) -> list[str]:
-        return [uid for uid, vm in self.placed.items() if vm.node == node and vm.ready_reason != unless_ready_reason]
+    def placed_on(self, node: str, unless_ready_reason: frozenset[str]) -> list[str]:
+        return [uid for uid, vm in self.placed.items() if vm.node == node and vm.ready_reason not in unless_ready_reason]
 
     def allocated_nodes(self) -> set[str]:
         return {vm.node for vm in self.placed.values()}
