@@ -14,6 +14,7 @@ from qatvm.api.lease import NODE_LEASE_NAMESPACE
 from qatvm.controlplane.server import ControlPlane
 from qatvm.hardware import HardwareProfile, generate
 from qatvm.kube import apply_crds, client
+from qatvm.kube_writes import Writer
 from qatvm.node.sysfs import Sysfs, open_sysfs
 from qatvm.testing.kubectl import Kubectl
 
@@ -52,6 +53,14 @@ async def kube(control_plane: ControlPlane) -> AsyncIterator[lightkube.AsyncClie
     client = lightkube.AsyncClient(config=KubeConfig.from_file(str(control_plane.kubeconfig)))
     yield client
     await client.close()
+
+
+@pytest.fixture
+async def writer(control_plane: ControlPlane) -> AsyncIterator[Writer]:
+    """The operator's writer (VM and QatNode patches, Events) as an admin."""
+    made = Writer(KubeConfig.from_file(str(control_plane.kubeconfig)), "qatvm-test")
+    yield made
+    await made.close()
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import pytest
 from lightkube.resources.core_v1 import Event
 
 from qatvm.events import EventRecorder
+from qatvm.kube_writes import Writer
 
 pytestmark = pytest.mark.controlplane
 
@@ -19,11 +20,11 @@ MakeRecorder = Callable[..., EventRecorder]
 
 
 @pytest.fixture
-async def recorder(kube: lightkube.AsyncClient) -> AsyncIterator[MakeRecorder]:
+async def recorder(writer: Writer) -> AsyncIterator[MakeRecorder]:
     made: list[EventRecorder] = []
 
     def make(**options: int) -> EventRecorder:
-        made.append(EventRecorder(kube, "test-component", **options))
+        made.append(EventRecorder(writer, "test-component", **options))
         return made[-1]
 
     yield make

@@ -1,6 +1,6 @@
 """Kubernetes Events about qatvm objects, for `kubectl describe` and `kubectl get events`.
 
-Posted with our own client rather than kopf's queue, because most of them come from background
+Posted with our own writer (`qatvm.kube_writes`) rather than kopf's queue, because most of them come from background
 loops (scheduling, device health) where kopf's per-handler posting context does not exist.
 A failure to post is logged and otherwise ignored: an Event is a courtesy, never a state.
 
@@ -18,10 +18,11 @@ import datetime
 import logging
 from typing import Any
 
-from lightkube import AsyncClient
 from lightkube.models.core_v1 import EventSource, ObjectReference
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Event
+
+from qatvm.kube_writes import Writer
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +32,8 @@ BACKLOG = 4096
 
 
 class EventRecorder:
-    def __init__(self, client: AsyncClient, component: str, senders: int = SENDERS, backlog: int = BACKLOG) -> None:
-        self.client = client
+    def __init__(self, writer: Writer, component: str, senders: int = SENDERS, backlog: int = BACKLOG) -> None:
+        self.writer = writer
         self.component = component
         self.senders = senders
         self.backlog = backlog
@@ -97,10 +98,10 @@ class EventRecorder:
     async def _send(self, queue: asyncio.Queue[Event]) -> None:
         while True:
             event = await queue.get()
+            assert event.metadata is not None and event.metadata.namespace is not None and event.involvedObject is not None
             try:
-                await self.client.create(event)
+                await self.writer.create_event(event.metadata.namespace, event.to_dict())
             except Exception as error:  # noqa: BLE001 - see the module docstring
-                assert event.involvedObject is not None
                 log.warning("could not post event %s on %s: %s", event.reason, event.involvedObject.name, error)
             finally:
                 queue.task_done()

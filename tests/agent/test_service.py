@@ -22,6 +22,7 @@ from qatvm.agent.service import FINALIZER, NodeAgent
 from qatvm.hypervisor import DomainState
 from qatvm.controlplane.server import ControlPlane
 from qatvm.kube import QatVirtualMachineResource
+from qatvm.kube_writes import Writer
 from qatvm.node.binding import VfBinder
 from qatvm.node.sysfs import open_sysfs
 from simnode import BASE, GEN4_A, GEN4_B, GEN4_C, Node
@@ -30,12 +31,12 @@ pytestmark = pytest.mark.controlplane
 
 
 @pytest.fixture
-async def agent(node: Node, kube: lightkube.AsyncClient) -> AsyncIterator[NodeAgent]:
+async def agent(node: Node, kube: lightkube.AsyncClient, writer: Writer) -> AsyncIterator[NodeAgent]:
     """An agent on its own node name (the control plane is shared by the session), started as
     kopf starts it: first inventory published, holdings audited, the inventory loop running."""
     name = f"svc-{uuid.uuid4().hex[:8]}"
     await kube.create(KubeNode(metadata=ObjectMeta(name=name)))
-    running = NodeAgent(node.config.model_copy(update={"node": name, "audit_seconds": 3600}), kube)
+    running = NodeAgent(node.config.model_copy(update={"node": name, "audit_seconds": 3600}), kube, writer)
     await running.refresh_inventory()
     await running.audit()
     loop = asyncio.create_task(running.watch_inventory())

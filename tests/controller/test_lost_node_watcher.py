@@ -19,6 +19,7 @@ from qatvm.controller.lost_nodes import LostNodeWatcher
 from qatvm.controller.scheduler import Scheduler
 from qatvm.controlplane.server import ControlPlane
 from qatvm.kube import QatVirtualMachineResource
+from qatvm.kube_writes import Writer
 from qatvm.testing.kubectl import Kubectl
 
 pytestmark = pytest.mark.controlplane
@@ -44,7 +45,7 @@ async def lease_renewed(client: lightkube.AsyncClient, seconds_ago: float) -> No
 
 
 async def test_stale_lease_marks_unreachable_and_a_deleted_node_fails_and_frees_its_vms(
-    client: lightkube.AsyncClient, kubectl: Kubectl, namespace: str
+    client: lightkube.AsyncClient, writer: Writer, kubectl: Kubectl, namespace: str
 ) -> None:
     kubectl.apply({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}})
     kubectl.apply({"apiVersion": "qatvm.io/v1alpha1", "kind": "QatNode", "metadata": {"name": NODE}})
@@ -62,7 +63,7 @@ async def test_stale_lease_marks_unreachable_and_a_deleted_node_fails_and_frees_
                         "lastTransitionTime": "2030-01-01T00:00:00Z"}],
     }}, namespace=namespace, patch_type=PatchType.MERGE)
     await lease_renewed(client, seconds_ago=60)
-    scheduler = Scheduler(client)
+    scheduler = Scheduler(client, writer)
     await scheduler.bootstrap()
     watcher = LostNodeWatcher(client, scheduler, grace_seconds=30, poll_seconds=1)
     try:
@@ -110,10 +111,10 @@ async def test_stale_lease_marks_unreachable_and_a_deleted_node_fails_and_frees_
         kubectl.run("delete", "lease", NODE, "-n", NODE_LEASE_NAMESPACE, "--ignore-not-found")
 
 
-async def test_a_node_whose_node_object_remains_is_not_gone(client: lightkube.AsyncClient, kubectl: Kubectl) -> None:
+async def test_a_node_whose_node_object_remains_is_not_gone(client: lightkube.AsyncClient, writer: Writer, kubectl: Kubectl) -> None:
     kubectl.apply({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE + "-kept"}})
     try:
-        watcher = LostNodeWatcher(client, Scheduler(client), grace_seconds=30, poll_seconds=1)
+        watcher = LostNodeWatcher(client, Scheduler(client, writer), grace_seconds=30, poll_seconds=1)
         # The picture may lag (a missed event): the API server is asked before anything is failed.
         assert await watcher.gone(NODE + "-kept") is False
         assert await watcher.gone(NODE + "-never-existed") is True

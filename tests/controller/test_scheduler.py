@@ -17,6 +17,7 @@ from lightkube.types import PatchType
 from qatvm.controller.scheduler import Scheduler
 from qatvm.controlplane.server import ControlPlane
 from qatvm.kube import QatNodeResource, QatVirtualMachineResource
+from qatvm.kube_writes import Writer
 
 pytestmark = pytest.mark.controlplane
 
@@ -54,9 +55,9 @@ async def cluster(kube: lightkube.AsyncClient, namespace: str) -> AsyncIterator[
 
 
 @contextlib.asynccontextmanager
-async def running(kube: lightkube.AsyncClient, concurrency: int = 32) -> AsyncIterator[Scheduler]:
+async def running(kube: lightkube.AsyncClient, writer: Writer, concurrency: int = 32) -> AsyncIterator[Scheduler]:
     """The scheduler fed by watches, as kopf feeds it in the controller."""
-    scheduler = Scheduler(kube, concurrency=concurrency)
+    scheduler = Scheduler(kube, writer, concurrency=concurrency)
 
     async def feed(resource: Any, handler: Callable[[dict[str, Any], bool], None], **kw: Any) -> None:
         async for kind, item in kube.watch(resource, **kw):
@@ -100,10 +101,10 @@ def controller_writes(control_plane: ControlPlane, namespace: str) -> list[dict[
 
 
 async def test_a_burst_is_placed_with_one_write_each_and_no_vf_twice(
-    kube: lightkube.AsyncClient, cluster: list[str], namespace: str, control_plane: ControlPlane
+    kube: lightkube.AsyncClient, writer: Writer, cluster: list[str], namespace: str, control_plane: ControlPlane
 ) -> None:
     capacity = VFS_PER_NODE * len(cluster)
-    async with running(kube, concurrency=8):
+    async with running(kube, writer, concurrency=8):
         await asyncio.gather(*(kube.create(vm(f"vm-{i}", namespace)) for i in range(capacity + 2)))
 
         async def all_decided() -> dict[str, dict[str, Any]]:
@@ -122,10 +123,10 @@ async def test_a_burst_is_placed_with_one_write_each_and_no_vf_twice(
 
 
 async def test_a_vm_edited_while_its_write_is_under_way_is_placed_once(
-    kube: lightkube.AsyncClient, cluster: list[str], namespace: str
+    kube: lightkube.AsyncClient, writer: Writer, cluster: list[str], namespace: str
 ) -> None:
     """Conflicts (the tenant's edits) give the reservation back and the VM is judged again."""
-    async with running(kube):
+    async with running(kube, writer):
         for i in range(6):
             await kube.create(vm(f"vm-{i}", namespace))
             for _ in range(3):
@@ -143,9 +144,9 @@ async def test_a_vm_edited_while_its_write_is_under_way_is_placed_once(
 
 
 async def test_waiting_vms_are_not_written_again_while_others_come_and_go(
-    kube: lightkube.AsyncClient, cluster: list[str], namespace: str, control_plane: ControlPlane
+    kube: lightkube.AsyncClient, writer: Writer, cluster: list[str], namespace: str, control_plane: ControlPlane
 ) -> None:
-    async with running(kube) as scheduler:
+    async with running(kube, writer) as scheduler:
         for i in range(10):
             await kube.create(vm(f"giant-{i}", namespace, count=VFS_PER_NODE + 1))
 

@@ -23,6 +23,7 @@ from qatvm.api.holdings import hold
 from qatvm.api.qatnode import QatNodeStatus
 from qatvm.api.vm import ResourceAllocation
 from qatvm.kube import QatNodeResource
+from qatvm.kube_writes import Writer
 from qatvm.node.capacity import numa_capacity
 from qatvm.node.discovery import discover
 from qatvm.node.numa import read_numa_nodes
@@ -52,9 +53,10 @@ def managed_count(status: QatNodeStatus) -> int:
 
 
 class InventoryPublisher:
-    def __init__(self, config: AgentConfig, client: AsyncClient) -> None:
+    def __init__(self, config: AgentConfig, client: AsyncClient, writer: Writer) -> None:
         self.config = config
         self.client = client
+        self.writer = writer
         self.published: dict[str, Any] | None = None
         self.advertised: int | None = None
 
@@ -65,9 +67,7 @@ class InventoryPublisher:
         wrote = False
         if wire != self.published:
             await self._ensure_object()
-            await self.client.patch(
-                QatNodeResource.Status, self.config.node, {"status": wire}, patch_type=PatchType.MERGE
-            )
+            await self.writer.patch_qatnode_status(self.config.node, {"status": wire})
             self.published = wire
             wrote = True
         count = managed_count(status)

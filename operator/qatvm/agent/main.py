@@ -17,6 +17,7 @@ from qatvm import health, logs, metrics
 from qatvm.agent import handlers
 from qatvm.agent.config import STATE_DIR, AgentConfig
 from qatvm.agent.service import NodeAgent
+from qatvm.kube_writes import Writer
 from qatvm.api.cpulist import parse_cpulist
 from qatvm.api.quantity import parse_bytes
 from qatvm.domain.spec import CpuMode, VirtType
@@ -87,7 +88,7 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, AgentConfig]:
 async def run(args: argparse.Namespace, config: AgentConfig) -> None:
     kubeconfig = KubeConfig.from_file(str(args.kubeconfig)) if args.kubeconfig else KubeConfig.from_env()
     client = AsyncClient(config=kubeconfig, field_manager=f"qatvm-agent-{config.node}")
-    agent = NodeAgent(config, client)
+    agent = NodeAgent(config, client, Writer(kubeconfig, f"qatvm-agent-{config.node}"))
     async with health.serving(args.health_port), metrics.serving("agent", args.metrics_port, args.metrics_address):
         await kopf.operator(
             registry=handlers.registry,

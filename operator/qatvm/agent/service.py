@@ -26,7 +26,6 @@ from typing import Any, TypeVar
 
 from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
-from lightkube.types import PatchType
 
 from qatvm import metrics
 from qatvm.agent import status as report
@@ -43,6 +42,7 @@ from qatvm.api.vm import QatVirtualMachine
 from qatvm.events import EventRecorder
 from qatvm.hypervisor import open_hypervisor
 from qatvm.kube import QatVirtualMachineResource
+from qatvm.kube_writes import Writer
 from qatvm.node.binding import HeldByAnotherError, VfBinder
 from qatvm.node.sysfs import open_sysfs
 
@@ -58,17 +58,18 @@ T = TypeVar("T")
 
 
 class NodeAgent:
-    def __init__(self, config: AgentConfig, client: AsyncClient, workers: int = 16) -> None:
+    def __init__(self, config: AgentConfig, client: AsyncClient, writer: Writer, workers: int = 16) -> None:
         self.config = config
-        self.client = client
-        self.events = EventRecorder(client, f"qatvm-agent/{config.node}")
+        self.client = client  # reads: the audit's LIST, a suspect's GET
+        self.writer = writer  # the writes of every pass
+        self.events = EventRecorder(writer, f"qatvm-agent/{config.node}")
         self.sysfs = open_sysfs(config.sysfs)
         self.reconciler = VmReconciler(
             config,
             VfBinder(self.sysfs, config.state_dir / "binding"),
             open_hypervisor(config.libvirt_uri),
         )
-        self.publisher = InventoryPublisher(config, client)
+        self.publisher = InventoryPublisher(config, client, writer)
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="node-work")
         # Scans have a thread of their own: VMs wait for the publish a scan makes, so it must never
         # queue behind their work.
@@ -267,17 +268,11 @@ class NodeAgent:
     async def _patch_metadata(self, vm: QatVirtualMachine, change: dict[str, Any]) -> QatVirtualMachine:
         # resourceVersion makes the list replacement safe: a concurrent change fails with 409.
         patch = {"metadata": {**change, "resourceVersion": vm.metadata["resourceVersion"]}}
-        updated = await self.client.patch(
-            QatVirtualMachineResource, vm.ref.name, patch, namespace=vm.ref.namespace, patch_type=PatchType.MERGE
-        )
-        return self._remember(updated.to_dict())
+        return self._remember(await self.writer.patch_vm(vm.ref.namespace, vm.ref.name, patch))
 
     async def _write_status(self, vm: QatVirtualMachine, status: dict[str, Any]) -> QatVirtualMachine:
         patch = {"metadata": {"resourceVersion": vm.metadata["resourceVersion"]}, "status": status}
-        updated = await self.client.patch(
-            QatVirtualMachineResource.Status, vm.ref.name, patch, namespace=vm.ref.namespace, patch_type=PatchType.MERGE
-        )
-        return self._remember(updated.to_dict())
+        return self._remember(await self.writer.patch_vm(vm.ref.namespace, vm.ref.name, patch, status=True))
 
     def _remember(self, body: dict[str, Any]) -> QatVirtualMachine:
         uid = body["metadata"]["uid"]
@@ -416,6 +411,7 @@ class NodeAgent:
     async def close(self) -> None:
         await self.queue.stop()
         await self.events.close()
+        await self.writer.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.scanner.shutdown(wait=False, cancel_futures=True)
 

@@ -26,7 +26,6 @@ from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
 from lightkube.resources.coordination_v1 import Lease
 from lightkube.resources.core_v1 import Node
-from lightkube.types import PatchType
 
 from qatvm.api import conditions as cond
 from qatvm.api.lease import NODE_LEASE_NAMESPACE, now, renewed
@@ -165,9 +164,7 @@ class LostNodeWatcher:
         if not self.scheduler.leading():
             raise NotLeading("the lease may have run out; not writing")
         patch = {"metadata": {"resourceVersion": body["metadata"]["resourceVersion"]}, "status": status}
-        updated = await self.client.patch(
-            QatVirtualMachineResource.Status, name, patch, namespace=namespace, patch_type=PatchType.MERGE
-        )
-        self.scheduler.picture.observe_vm(updated.to_dict())
+        updated = await self.scheduler.writer.patch_vm(namespace, name, patch, status=True)
+        self.scheduler.picture.observe_vm(updated)
         ready = next(c for c in status["conditions"] if c["type"] == cond.READY)
         await self.scheduler.events.post(body, "Warning", ready["reason"], ready["message"])

@@ -20,6 +20,7 @@ from qatvm.controller.leader import LeaderElection, process_identity
 from qatvm.controller.lost_nodes import LostNodeWatcher
 from qatvm.controller.placement import Strategy
 from qatvm.controller.scheduler import Scheduler
+from qatvm.kube_writes import Writer
 
 FIELD_MANAGER = "qatvm-controller"
 
@@ -43,7 +44,8 @@ async def _lead_or_stand_by(args: argparse.Namespace) -> int:
     metrics.leader(election.leading)
     await election.acquire()
     stop = asyncio.Event()
-    scheduler = Scheduler(client, strategy=Strategy(args.strategy), leading=election.leading)
+    writer = Writer(config, FIELD_MANAGER)
+    scheduler = Scheduler(client, writer, strategy=Strategy(args.strategy), leading=election.leading)
     operator = asyncio.create_task(
         kopf.operator(
             registry=handlers.registry,
@@ -69,6 +71,7 @@ async def _lead_or_stand_by(args: argparse.Namespace) -> int:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(scheduler.events.sent(), timeout=2.0)
     await scheduler.events.close()
+    await writer.close()
     if holder in done:
         return 1  # leadership lost: exit, so the restart rejoins as a standby
     await election.release()

@@ -24,7 +24,6 @@ from typing import Any
 from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
 from lightkube.resources.core_v1 import Namespace, Node
-from lightkube.types import PatchType
 
 from qatvm import metrics
 from qatvm.api import conditions as cond
@@ -34,6 +33,7 @@ from qatvm.controller.placement import NoFit, Placement, Strategy
 from qatvm.controller.resources import describe
 from qatvm.events import EventRecorder
 from qatvm.kube import QatNodeResource, QatVirtualMachineResource
+from qatvm.kube_writes import Writer
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +57,16 @@ class Scheduler:
     def __init__(
         self,
         client: AsyncClient,
+        writer: Writer,
         strategy: Strategy = Strategy.PACK,
         leading: Callable[[], bool] = lambda: True,
         concurrency: int = CONCURRENCY,
     ) -> None:
-        self.client = client
+        self.client = client  # reads (the first LIST)
+        self.writer = writer  # the writes of every decision
         # Asked before every write: a controller that may have lost its lease writes nothing.
         self.leading = leading
-        self.events = EventRecorder(client, "qatvm-controller")
+        self.events = EventRecorder(writer, "qatvm-controller")
         self.strategy = strategy
         self.picture = ClusterPicture()
         self.wake = asyncio.Event()
@@ -268,10 +270,7 @@ class Scheduler:
         if not self.leading():
             raise NotLeading("the lease may have run out; not writing")
         patch = {"metadata": {"resourceVersion": meta["resourceVersion"]}, "status": status}
-        updated = await self.client.patch(
-            QatVirtualMachineResource.Status, meta["name"], patch, namespace=meta["namespace"], patch_type=PatchType.MERGE
-        )
-        return updated.to_dict()  # type: ignore[no-any-return]
+        return await self.writer.patch_vm(meta["namespace"], meta["name"], patch, status=True)
 
 
 async def _retrying(step: Callable[[], Any], what: str, attempts: int | None = None) -> bool:
