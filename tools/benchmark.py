@@ -214,10 +214,19 @@ async def bare(client: AsyncClient, namespace: str, count: int, status_writes: l
         latencies[i] = time.monotonic() - begun
 
     await bounded(count, one)
-    run = Run(f"bare client ({1 + len(status_writes)} writes per VM)", count, time.monotonic() - started, latencies)
-    # They name a node that does not exist: left in place, the operator would take it for a lost
-    # node and write to them while it is being measured.
-    await client.deletecollection(QatVirtualMachineResource, namespace=namespace)
+    return Run(f"bare client ({1 + len(status_writes)} writes per VM)", count, time.monotonic() - started, latencies)
+
+
+async def bare_run(cluster: Cluster, client: AsyncClient, paused_pids: list[int], namespace: str, count: int,
+                   status_writes: list[dict[str, Any]]) -> Run:
+    """The bare client's run with the operator paused, printed with what it cost the API server."""
+    with paused(paused_pids):
+        api0 = cluster.api_cpu()
+        run = await bare(client, namespace, count, status_writes)
+        print(f"{run.line()}; API server + etcd CPU {cluster.api_cpu() - api0:.1f}s")
+        # They name a node that does not exist: left in place, the operator would take it for a
+        # lost node and write to them while it is being measured.
+        await client.deletecollection(QatVirtualMachineResource, namespace=namespace)
     return run
 
 
@@ -329,11 +338,8 @@ async def placement_phase(cluster: Cluster, nodes: int, vfs: int, vms: int, memo
     started = time.monotonic()
     await simulated_nodes(client, nodes, vfs)
     print(f"made {nodes} Nodes and QatNodes in {time.monotonic() - started:.1f}s")
-    with paused(cluster.pids("controller")):
-        api0 = cluster.api_cpu()
-        reference = await bare(client, "bare-placement", vms, [{"nodeName": "bare", "devices": [{"pciAddress": "0000:00:00.0"}]}])
-        api_bare = cluster.api_cpu() - api0
-    print(f"{reference.line()}; API server + etcd CPU {api_bare:.1f}s")
+    reference = await bare_run(cluster, client, cluster.pids("controller"), "bare-placement", vms,
+                               [{"nodeName": "bare", "devices": [{"pciAddress": "0000:00:00.0"}]}])
     await wait_placing(client, "bench-warm")
     rss0, cpu0 = cluster.usage("controller")
     api0 = cluster.api_cpu()
@@ -359,14 +365,10 @@ async def end_to_end_phase(cluster: Cluster, vms: int) -> None:
     nodes = len(cluster.state.nodes)
     print(f"== end to end: {nodes} nodes with agents, {vms} VMs of 1 VF to Ready, {CONCURRENCY} at a time")
     operator_pids = cluster.pids("controller") + cluster.pids("agent-")
-    with paused(operator_pids):
-        api0 = cluster.api_cpu()
-        reference = await bare(client, "bare-e2e", vms, [
-            {"nodeName": "bare", "devices": [{"pciAddress": "0000:00:00.0"}], "phase": "Scheduled"},
-            {"phase": "Running", "observedGeneration": 1},
-        ])
-        api_bare = cluster.api_cpu() - api0
-    print(f"{reference.line()}; API server + etcd CPU {api_bare:.1f}s")
+    reference = await bare_run(cluster, client, operator_pids, "bare-e2e", vms, [
+        {"nodeName": "bare", "devices": [{"pciAddress": "0000:00:00.0"}], "phase": "Scheduled"},
+        {"phase": "Running", "observedGeneration": 1},
+    ])
     await wait_placing(client, "bench-warm")
     before = {p: cluster.usage(p) for p in ("controller", "agent-")}
     api0 = cluster.api_cpu()

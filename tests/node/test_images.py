@@ -236,3 +236,20 @@ def test_a_device_inside_an_image_directory_is_refused_by_its_type(tmp_path: Pat
     real_node = ImagePolicy(Path("/"), (PurePosixPath(tmp_path),), PurePosixPath("/var/lib/qatvm"))
     with pytest.raises(ImageRefused, match="is a character device, not a regular file"):
         real_node.admit(f"{tmp_path}/null")
+
+
+def test_a_header_is_read_once_until_the_file_changes(root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import qatvm.node.images as module
+
+    reads: list[Path] = []
+    real = module.image_info
+    monkeypatch.setattr(module, "image_info", lambda path, fmt=None: reads.append(path) or real(path, fmt))
+    node = policy(root)
+    for _ in range(3):
+        node.admit(f"{IMAGES}/base.qcow2")
+    assert reads == [images(root) / "base.qcow2"] * 2  # probed, then read with its format pinned: once each
+    # Rewritten in place to name a file outside the image directories: refused, not remembered.
+    (tmp_path / "outside.qcow2").write_bytes(b"")
+    qemu_img("rebase", "-u", "-F", "qcow2", "-b", str(tmp_path / "outside.qcow2"), str(images(root) / "base.qcow2"))
+    with pytest.raises(ImageRefused, match="outside the image directories"):
+        node.admit(f"{IMAGES}/base.qcow2")

@@ -151,10 +151,10 @@ class VmReconciler:
     def _clear_previous_owner(self, spec: DomainSpec) -> None:
         # The domain name comes from namespace and name; a domain of that name owned by another
         # UID belongs to an earlier VM of the same name, which cannot exist beside this one.
-        for domain in self.hypervisor.owned_domains():
-            if domain.name == spec.name and domain.owner.uid != spec.owner.uid:
-                log.warning("removing domain %s of an earlier VM %s (uid %s)", domain.name, domain.owner.name, domain.owner.uid)
-                self.remove(domain.owner.uid)
+        domain = self.hypervisor.owned_domain(spec.name)
+        if domain is not None and domain.owner.uid != spec.owner.uid:
+            log.warning("removing domain %s of an earlier VM %s (uid %s)", domain.name, domain.owner.name, domain.owner.uid)
+            self.remove(domain.owner.uid)
 
     def remove(self, uid: str) -> list[str]:
         """Destroy and undefine the VM's domain, give back the VFs recorded for it, delete its

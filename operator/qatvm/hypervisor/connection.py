@@ -73,14 +73,14 @@ class Hypervisor:
 
     def define(self, domain: Domain) -> None:
         """Define or update the persistent definition; a running domain takes it on its next boot."""
-        with self._changing():
+        with self._changing(domain.name):
             try:
                 self._connection.defineXML(domain.xml())
             except libvirt.libvirtError as error:
                 raise translate(error, f"defining domain {domain.name}") from error
 
     def start(self, name: str) -> None:
-        with self._changing():
+        with self._changing(name):
             dom = self._lookup(name)
             if dom.isActive():
                 return
@@ -93,7 +93,7 @@ class Hypervisor:
 
     def stop(self, name: str, timeout: float = 60.0) -> None:
         """Ask the guest to power off (ACPI); destroy it if it is still up after `timeout` seconds."""
-        with self._changing():
+        with self._changing(name):
             dom = self._find(name)
             if dom is None or not dom.isActive():
                 return
@@ -112,14 +112,14 @@ class Hypervisor:
 
     def destroy(self, name: str) -> None:
         """Power off at once, as pulling the plug does."""
-        with self._changing():
+        with self._changing(name):
             dom = self._find(name)
             if dom is not None:
                 self._destroy(dom, name)
 
     def undefine(self, name: str) -> None:
         """Remove the definition of a stopped domain; refuses a running one, which would leak it."""
-        with self._changing():
+        with self._changing(name):
             dom = self._find(name)
             if dom is None:
                 return
@@ -155,38 +155,43 @@ class Hypervisor:
 
     def owned_domains(self) -> list[OwnedDomain]:
         """Every domain carrying qatvm metadata, so the agent can match them to VMs and find orphans."""
-        owned = []
-        for dom in self._connection.listAllDomains(0):
-            try:
-                identity = DomainIdentity.from_xml(dom.XMLDesc(0))
-                if identity.owner is None:
-                    continue
-                state = DomainState.from_libvirt(dom.state()[0])
-            except libvirt.libvirtError as error:
-                if error.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-                    continue  # undefined while we were listing
-                raise translate(error, "listing domains") from error
-            except ValidationError as error:
-                # qatvm only ever touches what it can identify for sure.
-                log.warning("ignoring domain %s: its XML does not parse: %s", dom.name(), error)
-                continue
-            try:
-                owner = ObjectRef.model_validate(identity.owner.model_dump())
-            except ValidationError as error:
-                log.warning("ignoring domain %s: its qatvm metadata is not valid: %s", identity.name, error)
-                continue
-            owned.append(OwnedDomain(name=identity.name, uuid=identity.uuid, owner=owner, state=state))
-        return owned
+        return [owned for dom in self._connection.listAllDomains(0) if (owned := self._owned(dom)) is not None]
+
+    def owned_domain(self, name: str) -> OwnedDomain | None:
+        """The domain of that name if it carries qatvm metadata: one lookup, not a listing."""
+        dom = self._find(name)
+        return self._owned(dom) if dom is not None else None
+
+    def _owned(self, dom: libvirt.virDomain) -> OwnedDomain | None:
+        try:
+            identity = DomainIdentity.from_xml(dom.XMLDesc(0))
+            if identity.owner is None:
+                return None
+            state = DomainState.from_libvirt(dom.state()[0])
+        except libvirt.libvirtError as error:
+            if error.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None  # undefined while we were looking
+            raise translate(error, "listing domains") from error
+        except ValidationError as error:
+            # qatvm only ever touches what it can identify for sure.
+            log.warning("ignoring domain %s: its XML does not parse: %s", dom.name(), error)
+            return None
+        try:
+            owner = ObjectRef.model_validate(identity.owner.model_dump())
+        except ValidationError as error:
+            log.warning("ignoring domain %s: its qatvm metadata is not valid: %s", identity.name, error)
+            return None
+        return OwnedDomain(name=identity.name, uuid=identity.uuid, owner=owner, state=state)
 
     @contextmanager
-    def _changing(self) -> Iterator[None]:
+    def _changing(self, name: str) -> Iterator[None]:
         try:
             yield
         finally:
-            self._persist()
+            self._persist(name)
 
-    def _persist(self) -> None:
-        """Called after every call that may change domains; a real hypervisor keeps them itself."""
+    def _persist(self, name: str) -> None:
+        """Called after every call that may change domain `name`; a real hypervisor keeps them itself."""
 
     def _find(self, name: str) -> libvirt.virDomain | None:
         try:

@@ -30,7 +30,7 @@ class PersistentTestHypervisor(Hypervisor):
     def __init__(self, state_file: Path) -> None:
         if not state_file.exists():
             state_file.parent.mkdir(parents=True, exist_ok=True)
-            _write_atomically(_empty_node(), state_file)
+            _write_atomically([], _empty_node(), state_file)
         super().__init__(open_connection(f"test://{state_file}"))
         self.state_file = state_file
         # The agent works on several VMs at once: their writes of this one file take turns, and
@@ -39,60 +39,57 @@ class PersistentTestHypervisor(Hypervisor):
         self._counting = threading.Lock()
         self._changes = 0
         self._written = 0
-        self._document = _empty_node()
+        self._changed: set[str] = set()
         # Everything but the domains (host CPUs, networks, pools the file was seeded with) stays.
+        self._document = _empty_node()
         for child in _root(minidom.parse(str(state_file))).childNodes:
             if isinstance(child, minidom.Element) and child.tagName != "domain":
                 _root(self._document).appendChild(self._document.importNode(child, deep=True))
-        # Each domain's element as last written, by UUID, with what it was made from: a write
-        # parses only the domains that changed, so a node with many domains stays cheap to save.
-        self._elements: dict[str, tuple[tuple[str, int, bool], minidom.Element]] = {}
+        # Each domain as last written, by name: a write reads and serialises only the domains
+        # that changed, so a node with many domains stays cheap to save.
+        self._saved: dict[str, bytes] = {}
+        try:
+            for dom in self._connection.listAllDomains(0):
+                self._saved[dom.name()] = self._serialised(dom)
+        except libvirt.libvirtError as error:
+            raise translate(error, f"reading the domains of {self.state_file}") from error
 
-    def _persist(self) -> None:
+    def _persist(self, name: str) -> None:
         with self._counting:
             self._changes += 1
+            self._changed.add(name)
             mine = self._changes
         with self._writing:
             if self._written >= mine:
                 return
             with self._counting:
-                covered = self._changes
-            self._write_domains()
+                covered, changed = self._changes, self._changed
+                self._changed = set()
+            for each in changed:
+                self._refresh(each)
+            _write_atomically(list(self._saved.values()), self._document, self.state_file)
             self._written = covered
 
-    def _write_domains(self) -> None:
-        # DOM, not ElementTree: ElementTree renames namespace prefixes, and the domains of other
-        # tools (their own <metadata>) must come back exactly as libvirt gave them.
-        node = _root(self._document)
-        for element in [c for c in node.childNodes if isinstance(c, minidom.Element) and c.tagName == "domain"]:
-            node.removeChild(element)
-        elements: dict[str, tuple[tuple[str, int, bool], minidom.Element]] = {}
+    def _refresh(self, name: str) -> None:
         try:
-            for dom in self._connection.listAllDomains(0):
-                try:
-                    # The inactive definition is what the test driver boots from when it reloads.
-                    made_from = (dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE), dom.state()[0], bool(dom.isPersistent()))
-                except libvirt.libvirtError as error:
-                    if error.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-                        continue  # removed by another VM's pass since the list: its own write follows
-                    raise
-                uuid = dom.UUIDString()
-                known = self._elements.get(uuid)
-                element = known[1] if known is not None and known[0] == made_from else self._element(*made_from)
-                elements[uuid] = (made_from, element)
-                node.appendChild(element)
+            dom = self._connection.lookupByName(name)
+            self._saved[name] = self._serialised(dom)
         except libvirt.libvirtError as error:
-            raise translate(error, f"saving the domains to {self.state_file}") from error
-        self._elements = elements
-        _write_atomically(self._document, self.state_file)
+            if error.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                raise translate(error, f"saving domain {name} to {self.state_file}") from error
+            self._saved.pop(name, None)  # undefined (or never defined): gone from the file too
 
-    def _element(self, definition: str, state: int, persistent: bool) -> minidom.Element:
-        element = self._document.importNode(_root(minidom.parseString(definition)), deep=True)
+    def _serialised(self, dom: libvirt.virDomain) -> bytes:
+        # The inactive definition is what the test driver boots from when it reloads. DOM, not
+        # ElementTree: ElementTree renames namespace prefixes, and the domains of other tools
+        # (their own <metadata>) must come back exactly as libvirt gave them.
+        element = _root(minidom.parseString(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)))
         element.setAttribute("xmlns:test", TEST_DRIVER_XMLNS)
-        element.appendChild(_test_driver_element(self._document, "runstate", str(state)))
-        if not persistent:
-            element.appendChild(_test_driver_element(self._document, "transient"))
-        return element
+        document = element.ownerDocument
+        element.appendChild(_test_driver_element(document, "runstate", str(dom.state()[0])))
+        if not dom.isPersistent():
+            element.appendChild(_test_driver_element(document, "transient"))
+        return element.toxml(encoding="utf-8")
 
 
 def _empty_node() -> minidom.Document:
@@ -113,8 +110,12 @@ def _test_driver_element(document: minidom.Document, name: str, text: str | None
     return element
 
 
-def _write_atomically(document: minidom.Document, path: Path) -> None:
-    # A process killed mid-write must leave the previous file, never half of a new one.
+def _write_atomically(domains: list[bytes], document: minidom.Document, path: Path) -> None:
+    """`document` (the node) with `domains` inside it. A process killed mid-write must leave the
+    previous file, never half of a new one."""
+    node = _root(document).toxml(encoding="utf-8")
+    # An empty <node/> serialises as one tag: open it so the domains can go in.
+    head, tail = (node[:-2] + b">", b"</node>") if node.endswith(b"/>") else (node[: -len(b"</node>")], b"</node>")
     partial = path.with_name(path.name + ".partial")
-    partial.write_bytes(document.toxml(encoding="utf-8"))
+    partial.write_bytes(b'<?xml version="1.0" encoding="utf-8"?>' + head + b"".join(domains) + tail)
     os.replace(partial, path)

@@ -26,13 +26,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from qatvm.domain.disks import image_info
+from qatvm.domain.disks import ImageInfo, image_info
 
 ALLOWED_FORMATS = ("qcow2", "raw")
 DEFAULT_IMAGE_DIR = PurePosixPath("/var/lib/qatvm/images")
 # The kernel's own limit on symlinks followed in one lookup.
 MAX_SYMLINKS = 40
 MAX_CHAIN = 16
+HEADERS_KEPT = 256
 # Kernel file systems whose "files" are views of the host: never a disk.
 _KERNEL_DIRS = (PurePosixPath("/proc"), PurePosixPath("/sys"), PurePosixPath("/dev"))
 _ROOT = PurePosixPath("/")
@@ -73,6 +74,9 @@ class ImagePolicy:
         self.host_root = host_root.absolute()
         self.image_dirs = tuple(image_dirs)
         self.state_dir = state_dir
+        # What qemu-img read in each file's header, by the file's identity and times: every VM
+        # of a burst names the same base image, and a file that changed has a new ctime.
+        self._headers: dict[tuple[object, ...], ImageInfo] = {}
 
     def host(self, node_path: PurePosixPath) -> Path:
         return self.host_root.joinpath(*node_path.parts[1:])
@@ -118,11 +122,21 @@ class ImagePolicy:
             raise ImageMissing(f"{shown} does not exist on the node; put the image there or fix the path")
         host_path = self.host(resolved)
         self._check_regular(host_path, shown)
-        info = image_info(host_path)
+        info = self._header(host_path)
         if info.format not in ALLOWED_FORMATS:
             raise ImageRefused(f"{shown} is a {info.format} image; only {' and '.join(ALLOWED_FORMATS)} images are accepted")
         self._check_chain(resolved, host_path, info.format)
         return AdmittedImage(node_path=resolved, host_path=host_path, format=info.format)
+
+    def _header(self, host_path: Path, fmt: str | None = None) -> ImageInfo:
+        seen = os.stat(host_path)
+        key = (str(host_path), fmt, seen.st_dev, seen.st_ino, seen.st_size, seen.st_mtime_ns, seen.st_ctime_ns)
+        info = self._headers.get(key)
+        if info is None:
+            if len(self._headers) >= HEADERS_KEPT:
+                self._headers.clear()
+            info = self._headers[key] = image_info(host_path, fmt)
+        return info
 
     def check_config(self) -> None:
         """Refuse to start with image directories that would expose the agent's own files."""
@@ -159,7 +173,7 @@ class ImagePolicy:
     def _check_chain(self, node_path: PurePosixPath, host_path: Path, fmt: str) -> None:
         seen = {host_path}
         for _ in range(MAX_CHAIN):
-            info = image_info(host_path, fmt)
+            info = self._header(host_path, fmt)
             if info.data_file is not None:
                 raise ImageRefused(
                     f"image {node_path} keeps its data in an external file ({info.data_file}); "
