@@ -352,3 +352,18 @@ def test_more_than_a_node_ever_has_is_never_and_names_the_resource() -> None:
     assert picture.layout_epoch > epoch  # a never-verdict is judged again
     assert isinstance(picture.decide(_sized(UID, vcpus=1, memory="5Gi", page="1Gi"), Strategy.PACK), Placement)
 
+
+
+def test_nodes_publishing_the_same_vfs_share_them_and_a_change_is_its_own() -> None:
+    picture = ClusterPicture()
+    for name in ("n1", "n2"):
+        picture.observe_node(node_body(name))
+        picture.observe_inventory(inventory_body(name, "0000:10:00.1", "0000:10:00.2"))
+    assert picture.inventories["n1"]["0000:10:00.1"] is picture.inventories["n2"]["0000:10:00.1"]
+    assert picture.inventories["n1"]["0000:10:00.1"] is not picture.inventories["n1"]["0000:10:00.2"]
+    changed = inventory_body("n2", "0000:10:00.1", "0000:10:00.2")
+    changed["status"]["vfs"][0]["healthy"] = False
+    picture.observe_inventory(changed)
+    assert picture.inventories["n2"]["0000:10:00.1"].healthy is False
+    assert picture.inventories["n1"]["0000:10:00.1"].healthy is True
+    assert ("n2", "0000:10:00.1") not in picture.index and ("n1", "0000:10:00.1") in picture.index
