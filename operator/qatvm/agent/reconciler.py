@@ -66,6 +66,8 @@ class VmReconciler:
         self.binder = binder
         self.hypervisor = hypervisor
         self.sysfs_lock = threading.Lock()
+        # One policy for the agent's life: it remembers the image headers qemu-img has read.
+        self.images = config.images
 
     @property
     def vms_dir(self) -> Path:
@@ -146,7 +148,7 @@ class VmReconciler:
 
     def prepare_files(self, vm: QatVirtualMachine, spec: DomainSpec) -> None:
         """The overlay over the VM's image and its cloud-init seed, outside any lock."""
-        prepare_disks(self.config, vm, spec.disk, spec.cloud_init_iso)
+        prepare_disks(self.images, vm, spec.disk, spec.cloud_init_iso)
 
     def _clear_previous_owner(self, spec: DomainSpec) -> None:
         # The domain name comes from namespace and name; a domain of that name owned by another

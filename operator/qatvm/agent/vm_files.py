@@ -15,17 +15,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from qatvm.agent.config import AgentConfig
 from qatvm.api.vm import QatVirtualMachine
 from qatvm.domain.cloudinit import hostname_for, write_nocloud_iso
 from qatvm.domain.disks import ensure_overlay
+from qatvm.node.images import ImagePolicy
 
 DIR_MODE = 0o711
 
 
-def prepare_disks(config: AgentConfig, vm: QatVirtualMachine, disk: Path, seed: Path | None) -> None:
+def prepare_disks(images: ImagePolicy, vm: QatVirtualMachine, disk: Path, seed: Path | None) -> None:
     """Create (or keep) `disk` and write `seed`; raises ImageRefused for an image the VM may not use."""
-    image = config.images.admit(vm.spec.image.path)
+    image = images.admit(vm.spec.image.path)
     for directory in (disk.parent.parent, disk.parent):
         directory.mkdir(parents=True, exist_ok=True)
         # mkdir's mode is cut by the umask, and a directory from an older agent was 0755.
