@@ -27,6 +27,9 @@ def settings() -> kopf.OperatorSettings:
     configured = kopf.OperatorSettings()
     # The resources are known; scanning CRDs would need a right the controller has no other use for.
     configured.scanning.disabled = True
+    # kopf keeps a worker task per object until it has been idle this long (default 5 s): in a
+    # burst of placements that is thousands of idle tasks and queues held at once.
+    configured.batching.idle_timeout = 1.0
     return configured
 
 
