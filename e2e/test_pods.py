@@ -117,9 +117,14 @@ def test_a_rolling_update_of_the_agents_keeps_vms_running(kubectl: Kubectl, node
         )
     kubectl.run("set", "image", "daemonset/qatvm-agent", "agent=qatvm:rolled", "-n", SYSTEM)
     kubectl.run("rollout", "status", "daemonset/qatvm-agent", "-n", SYSTEM, "--timeout=240s", timeout=250)
-    agents = _pods(kubectl, "agent")
-    assert {p["spec"]["containers"][0]["image"] for p in agents} == {"qatvm:rolled"}
-    assert all(_ready(p) for p in agents)
+
+    def rolled() -> None:
+        # `rollout status` can return while the last old pod is still terminating (listed).
+        agents = _pods(kubectl, "agent")
+        assert {p["spec"]["containers"][0]["image"] for p in agents} == {"qatvm:rolled"}
+        assert all(_ready(p) for p in agents)
+
+    eventually(rolled, timeout=60, interval=1)
     _domain_running(nodes, kubectl, "rolled", namespace)
     kubectl.run("set", "image", "daemonset/qatvm-agent", "agent=qatvm:latest", "-n", SYSTEM)
     kubectl.run("rollout", "status", "daemonset/qatvm-agent", "-n", SYSTEM, "--timeout=240s", timeout=250)
