@@ -185,9 +185,10 @@ class KubeletCluster:
                     found["controller"] = int(proc.name)
                 else:
                     standby.append(int(proc.name))
-        if standby:
-            # Before any replica leads, either one is "the controller".
-            found["controller-standby" if "controller" in found else "controller"] = standby[0]
+        # Before any replica leads (or while the lease names one not yet seen here), either one is
+        # "the controller"; both are always named, so a test never misses a running replica.
+        for name, pid in zip([n for n in ("controller", "controller-standby") if n not in found], sorted(standby)):
+            found[name] = pid
         return found
 
     def stop(self) -> None:
