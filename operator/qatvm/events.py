@@ -1,7 +1,8 @@
 """Kubernetes Events about qatvm objects, for `kubectl describe` and `kubectl get events`.
 
-Posted with our own writer (`qatvm.kube_writes`) rather than kopf's queue, because most of them come from background
-loops (scheduling, device health) where kopf's per-handler posting context does not exist.
+Posted with our own writer (`qatvm.kube_writes`) rather than kopf's queue, because most of them
+come from background loops (scheduling, device health) where kopf's per-handler posting context
+does not exist.
 A failure to post is logged and otherwise ignored: an Event is a courtesy, never a state.
 
 Posting only queues the Event; a few sender tasks write them in order. The writes that carry

@@ -66,24 +66,24 @@ class Writer:
 
     async def _send(self, method: str, path: str, body: dict[str, Any], content_type: str) -> dict[str, Any]:
         data = json.dumps(body).encode()
-        refused: int | None = None
-        for _ in range(2):
-            headers = {"Content-Type": content_type, "Accept": "application/json"}
-            authorization = await self._authorize(refused)
-            if authorization:
-                headers["Authorization"] = authorization
-            async with self._open().request(
-                method, self.server + path, params={"fieldManager": self.field_manager}, data=data, headers=headers
-            ) as response:
-                payload = await response.read()
-                if response.status == 401 and refused is None:
-                    refused = 401  # a rotated token or an expired exec credential: fetched again once
-                    continue
-                answer: dict[str, Any] = json.loads(payload) if payload else {}
-                if response.status >= 400:
-                    raise ApiError(status=_status(response.status, answer, payload))
-                return answer
-        raise AssertionError("unreachable: the second attempt returns or raises")
+        status, payload = await self._attempt(method, path, data, content_type, refused=False)
+        if status == 401:
+            # A rotated token or an expired exec credential: fetched again, and tried once more.
+            status, payload = await self._attempt(method, path, data, content_type, refused=True)
+        answer: dict[str, Any] = json.loads(payload) if payload else {}
+        if status >= 400:
+            raise ApiError(status=_status(status, answer, payload))
+        return answer
+
+    async def _attempt(self, method: str, path: str, data: bytes, content_type: str, refused: bool) -> tuple[int, bytes]:
+        headers = {"Content-Type": content_type, "Accept": "application/json"}
+        authorization = await self._authorize(401 if refused else None)
+        if authorization:
+            headers["Authorization"] = authorization
+        async with self._open().request(
+            method, self.server + path, params={"fieldManager": self.field_manager}, data=data, headers=headers
+        ) as response:
+            return response.status, await response.read()
 
     async def _authorize(self, refused: int | None) -> str | None:
         """The Authorization header, from lightkube's auth flow for this user (httpx's Auth protocol)."""

@@ -17,10 +17,10 @@ from qatvm import health, logs, metrics
 from qatvm.agent import handlers
 from qatvm.agent.config import STATE_DIR, AgentConfig
 from qatvm.agent.service import NodeAgent
-from qatvm.kube_writes import Writer
 from qatvm.api.cpulist import parse_cpulist
 from qatvm.api.quantity import parse_bytes
 from qatvm.domain.spec import CpuMode, VirtType
+from qatvm.kube_writes import Writer
 from qatvm.node.capacity import HostReservation
 from qatvm.node.devices import ExtraVfId
 from qatvm.node.images import DEFAULT_IMAGE_DIR

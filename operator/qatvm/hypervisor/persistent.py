@@ -65,9 +65,14 @@ class PersistentTestHypervisor(Hypervisor):
             with self._counting:
                 covered, changed = self._changes, self._changed
                 self._changed = set()
-            for each in changed:
-                self._refresh(each)
-            _write_atomically(list(self._saved.values()), self._document, self.state_file)
+            try:
+                for each in changed:
+                    self._refresh(each)
+                _write_atomically(list(self._saved.values()), self._document, self.state_file)
+            except BaseException:
+                with self._counting:
+                    self._changed |= changed  # not saved: the next write takes them up again
+                raise
             self._written = covered
 
     def _refresh(self, name: str) -> None:
