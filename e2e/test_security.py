@@ -14,6 +14,7 @@ from lightkube.resources.coordination_v1 import Lease
 from lightkube.resources.core_v1 import Node
 
 from qatvm.controlplane.kubeconfig import write_kubeconfig
+from qatvm.api.vm import FINALIZER
 from qatvm.kube import QatNodeResource, QatVirtualMachineResource, client
 from qatvm.testing.cluster import LocalNodes, eventually
 from qatvm.testing.kubectl import Kubectl
@@ -66,8 +67,39 @@ def test_controller_cannot_delete_or_read_secrets(kubectl: Kubectl, nodes: Local
     assert "forbidden" in _refused(controller, "get", "secrets", "-A").lower()
     assert "forbidden" in _patch_refused(nodes.state_dir / "controller.kubeconfig", QatNodeResource.Status, "node-1", {"status": {}})
     assert controller.run("auth", "can-i", "patch", "qatvirtualmachines", "--subresource=status", check=False).stdout.strip() == "yes"
-    # Status only: the controller writes nothing else on a VM (no label, no finalizer).
-    assert controller.run("auth", "can-i", "patch", "qatvirtualmachines", check=False).stdout.strip() == "no"
+
+
+def test_controller_may_only_release_a_deleted_vm_that_was_never_placed(kubectl: Kubectl, nodes: LocalNodes, namespace: str) -> None:
+    """RBAC lets the controller patch VMs; qatvm-controller-unplaced-only lets it do one thing:
+    take the agent's finalizer off a VM being deleted that no node ever held."""
+    config = nodes.state_dir / "controller.kubeconfig"
+    kubectl.apply(vm("placed", namespace))
+    wait_ready(kubectl, "placed", namespace)
+    assert "may change nothing of a VM but remove the agent's finalizer" in _patch_refused(
+        config, QatVirtualMachineResource, "placed", {"spec": {"running": False}}, namespace
+    )
+    assert "only from a VM that is being deleted and was never placed" in _patch_refused(
+        config, QatVirtualMachineResource, "placed", {"metadata": {"finalizers": None}}, namespace
+    )
+    # A VM that can never fit, held from going by a finalizer of the test's own besides the agent's.
+    hold = "example.com/hold"
+    unfit = vm("unfit", namespace, count=64)
+    unfit["metadata"]["finalizers"] = [hold]
+    kubectl.apply(unfit)
+    assert kubectl.json("get", "qvm", "unfit", "-n", namespace)["metadata"]["finalizers"] == [hold, FINALIZER]
+    eventually(lambda: _assert_phase(kubectl, "unfit", namespace, "Pending"), timeout=30)
+    kubectl.run("delete", "qvm", "unfit", "-n", namespace, "--wait=false")
+    # The controller let its agent's finalizer go at once, and nothing else of the VM.
+    eventually(lambda: _assert_finalizers(kubectl, "unfit", namespace, [hold]), timeout=30)
+    kubectl.run("patch", "qvm", "unfit", "-n", namespace, "--type=merge", "-p", '{"metadata":{"finalizers":null}}')
+
+
+def _assert_phase(kubectl: Kubectl, name: str, namespace: str, phase: str) -> None:
+    assert status(kubectl, name, namespace).get("phase") == phase
+
+
+def _assert_finalizers(kubectl: Kubectl, name: str, namespace: str, finalizers: list[str]) -> None:
+    assert kubectl.json("get", "qvm", name, "-n", namespace)["metadata"].get("finalizers") == finalizers
 
 
 def test_writes_per_vm_from_create_to_ready(kubectl: Kubectl, nodes: LocalNodes, namespace: str) -> None:

@@ -14,6 +14,7 @@ from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Node
 from lightkube.types import PatchType
 
+from qatvm.api.vm import FINALIZER
 from qatvm.controller.scheduler import Scheduler
 from qatvm.controlplane.server import ControlPlane
 from qatvm.kube import QatNodeResource, QatVirtualMachineResource
@@ -171,3 +172,42 @@ async def test_waiting_vms_are_not_written_again_while_others_come_and_go(
         assert len(waiting) == 10
     names = [e["objectRef"]["name"] for e in controller_writes(control_plane, namespace)[before:]]
     assert names == ["passer-0", "passer-1", "passer-2"], names
+
+
+async def test_a_vm_deleted_before_it_was_placed_loses_the_agents_finalizer_and_a_placed_one_keeps_it(
+    kube: lightkube.AsyncClient, writer: Writer, cluster: list[str], namespace: str
+) -> None:
+    """No agent watches a VM that was never placed: the scheduler lets the agent's finalizer go,
+    and only the agent's (a tenant's own finalizer stays), and never that of a placed VM."""
+    hold = "example.com/hold"
+
+    def held(name: str, count: int) -> QatVirtualMachineResource:
+        one = vm(name, namespace, count)
+        assert one.metadata is not None
+        one.metadata.finalizers = [FINALIZER, hold]
+        return one
+
+    async with running(kube, writer) as scheduler:
+        await kube.create(held("unfit", VFS_PER_NODE + 1))
+        await kube.create(held("placed", 1))
+
+        async def judged() -> None:
+            found = await statuses(kube, namespace)
+            assert found["unfit"].get("phase") == "Pending" and found["placed"].get("nodeName"), found
+
+        await until(judged)
+        for name in ("unfit", "placed"):
+            await kube.delete(QatVirtualMachineResource, name, namespace=namespace)
+
+        async def finalizers() -> dict[str, list[str]]:
+            found = {item.metadata.name: item.metadata.finalizers or [] async for item in kube.list(QatVirtualMachineResource, namespace=namespace)}
+            assert found["unfit"] == [hold], found
+            return found
+
+        found = await until(finalizers)
+        await asyncio.sleep(1.0)
+        assert (await kube.get(QatVirtualMachineResource, "placed", namespace=namespace)).metadata.finalizers == [FINALIZER, hold]
+        assert found["placed"] == [FINALIZER, hold]
+        assert scheduler.leaving == {}
+    for name in ("unfit", "placed"):
+        await kube.patch(QatVirtualMachineResource, name, {"metadata": {"finalizers": None}}, namespace=namespace, patch_type=PatchType.MERGE)

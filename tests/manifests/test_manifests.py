@@ -51,8 +51,8 @@ CONTROLLER_SA = "qatvm-controller"
 AGENT_SA = "qatvm-agent"
 NODE_LABEL = "qatvm.io/qat"
 VM_NODE_LABEL = "qatvm.io/node"
-RBAC_FILES = ("namespace.yaml", "controller-rbac.yaml", "agent-rbac.yaml", "agent-policy.yaml", "vm-policy.yaml", "tenant-roles.yaml",
-             "agent-lease-policy.yaml")
+RBAC_FILES = ("namespace.yaml", "controller-rbac.yaml", "agent-rbac.yaml", "agent-policy.yaml", "vm-policy.yaml",
+              "vm-finalizer-policy.yaml", "tenant-roles.yaml", "agent-lease-policy.yaml")
 NODE_LEASES = "qatvm-node-lease"
 
 # (kind, namespace, name) of everything `kubectl apply -k manifests/` creates; no CRDs.
@@ -77,6 +77,10 @@ EXPECTED_OBJECTS = {
     ("ValidatingAdmissionPolicyBinding", None, "qatvm-agent-own-node"),
     ("ValidatingAdmissionPolicy", None, "qatvm-agent-bookkeeping"),
     ("ValidatingAdmissionPolicyBinding", None, "qatvm-agent-bookkeeping"),
+    ("MutatingAdmissionPolicy", None, "qatvm-agent-finalizer"),
+    ("MutatingAdmissionPolicyBinding", None, "qatvm-agent-finalizer"),
+    ("ValidatingAdmissionPolicy", None, "qatvm-controller-unplaced-only"),
+    ("ValidatingAdmissionPolicyBinding", None, "qatvm-controller-unplaced-only"),
     ("ClusterRole", None, "qatvm-view"),
     ("ClusterRole", None, "qatvm-edit"),
     ("Deployment", SYSTEM, "qatvm-controller"),
@@ -507,7 +511,8 @@ RIGHTS: list[tuple[str, bool, tuple[str, ...]]] = [
     (CONTROLLER_SA, True, ("patch", f"{LEASE}/qatvm-controller", *IN_SYSTEM)),
     (CONTROLLER_SA, False, ("update", f"{LEASE}/qatvm-controller", *IN_SYSTEM)),
     (CONTROLLER_SA, False, ("update", VM, *ANY_NS)),
-    (CONTROLLER_SA, False, ("patch", VM, *ANY_NS)),
+    # Only the agent's finalizer off a deleted, never placed VM (qatvm-controller-unplaced-only).
+    (CONTROLLER_SA, True, ("patch", VM, *ANY_NS)),
     (CONTROLLER_SA, True, ("watch", "namespaces")),
     (CONTROLLER_SA, False, ("patch", "namespaces")),
     (CONTROLLER_SA, False, ("update", VM, STATUS, *ANY_NS)),
@@ -838,9 +843,12 @@ def test_a_tenant_cannot_remove_or_forge_the_agents_bookkeeping(kubectl: Kubectl
         assert refused.returncode != 0 and "kubectl replace" in refused.stderr, refused.stderr
         forged = tenant.run("annotate", "qvm", "held", "agent.qatvm.io/state=released", "--overwrite", check=False)
         assert forged.returncode != 0 and "agent.qatvm.io/" in forged.stderr, forged.stderr
-        extra = vm_on(f"forged-{name}", namespace, None)
-        extra["metadata"]["finalizers"] = ["agent.qatvm.io/finalizer"]
-        refused = tenant.run("create", "-f", "-", input=extra, check=False)
+        # The API server puts the finalizer on a new VM; on one without it (an admin took it off),
+        # a tenant may not put it back.
+        tenant.run("create", "-f", "-", input=vm_on(f"bare-{name}", namespace, None))
+        assert kubectl.json("get", "qvm", f"bare-{name}", "-n", namespace)["metadata"]["finalizers"] == ["agent.qatvm.io/finalizer"]
+        kubectl.run("patch", "qvm", f"bare-{name}", "-n", namespace, "--type=merge", "-p", '{"metadata":{"finalizers":null}}')
+        refused = tenant.run("patch", "qvm", f"bare-{name}", "--type=merge", "-p", '{"metadata":{"finalizers":["agent.qatvm.io/finalizer"]}}', check=False)
         assert refused.returncode != 0 and "only the node's agent adds the finalizer" in refused.stderr, refused.stderr
         assert "forbidden" in tenant.run("patch", "qvm", "held", "--subresource=status", "--type=merge",
                                          "-p", '{"status":{"nodeName":"x"}}', check=False).stderr.lower()

@@ -7,7 +7,9 @@ by its UID: a watch event only marks a UID for a look; the API says whether it s
 
 Events put UIDs on a reconcile queue (`KeyedQueue`): one pass per VM at a time, different VMs at
 once, blocking node work in threads. A pass compares the VM with what the node holds and writes
-only what differs: the finalizer (once) and the status (when it says something new).
+only what differs: the status (when it says something new), and the finalizer where it is
+missing (the API server adds it at creation; a VM older than that policy, or one an admin
+replaced without it, gets it from the agent).
 
 Two loops run beside it: the inventory loop publishes the QatNode, coalesced (at most once per
 `PUBLISH_INTERVAL`, and only on change); the audit loop compares everything the node holds
@@ -38,7 +40,7 @@ from qatvm.api.base import ObjectRef
 from qatvm.api.conditions import NODE_UNREACHABLE, READY
 from qatvm.api.cpulist import parse_cpulist
 from qatvm.api.qatnode import QatNodeStatus
-from qatvm.api.vm import QatVirtualMachine
+from qatvm.api.vm import FINALIZER, QatVirtualMachine
 from qatvm.events import EventRecorder
 from qatvm.hypervisor import open_hypervisor
 from qatvm.kube import QatVirtualMachineResource
@@ -48,7 +50,6 @@ from qatvm.node.sysfs import open_sysfs
 
 log = logging.getLogger(__name__)
 
-FINALIZER = "agent.qatvm.io/finalizer"
 # The QatNode is written at most this often, so a burst of VMs costs a few writes, not one each.
 PUBLISH_INTERVAL = 0.5
 # How long a VM waits for its VFs to be published as its own before they are bound.

@@ -20,6 +20,10 @@ GROUP = "qatvm.io"
 VERSION = "v1alpha1"
 PLURAL = "qatvirtualmachines"
 KIND = "QatVirtualMachine"
+# Keeps a VM until its node has removed its domain and given its VFs back. The API server puts it
+# on every new VM (manifests/vm-finalizer-policy.yaml); the VM's agent removes it, or, for a VM
+# deleted before it was placed, the controller.
+FINALIZER = "agent.qatvm.io/finalizer"
 
 
 class NumaPolicy(StrEnum):

@@ -29,7 +29,7 @@ from lightkube.resources.core_v1 import Node
 
 from qatvm.api import conditions as cond
 from qatvm.api.lease import NODE_LEASE_NAMESPACE, now, renewed
-from qatvm.api.vm import Phase, QatVirtualMachine
+from qatvm.api.vm import FINALIZER, Phase, QatVirtualMachine
 from qatvm.controller.scheduler import NotLeading, Scheduler
 from qatvm.kube import QatNodeResource, QatVirtualMachineResource
 
@@ -77,7 +77,7 @@ def gone_status(vm: QatVirtualMachine, node: str) -> dict[str, Any] | None:
         return None
     message = (
         f"node {node} was deleted (its Node and QatNode); delete this VM and create it again to run it elsewhere "
-        "(the deletion completes once a cluster admin removes the finalizer agent.qatvm.io/finalizer)"
+        f"(the deletion completes once a cluster admin removes the finalizer {FINALIZER})"
     )
     generation = vm.metadata.get("generation")
     conditions = cond.set_condition(vm.status.conditions, cond.READY, "False", cond.NODE_GONE, message, generation)

@@ -12,6 +12,10 @@ object, freed capacity, inventories, nodes, quotas), and its status and events a
 when its verdict changes: a hundred VMs that cannot fit cost nothing while others come and go.
 The picture is filled from a full LIST before the first decision, so a restarted controller
 knows every allocation it or its predecessor made.
+
+A VM deleted before it was placed has no agent to take the agent's finalizer (which the API
+server puts on every VM) off it: the scheduler does, on the version it saw, so a placement that
+landed meanwhile makes the write fail rather than leak VFs.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from lightkube.resources.core_v1 import Namespace, Node
 
 from qatvm import metrics
 from qatvm.api import conditions as cond
-from qatvm.api.vm import AllocatedDevice, Phase, QatVirtualMachine
+from qatvm.api.vm import FINALIZER, AllocatedDevice, Phase, QatVirtualMachine
 from qatvm.controller.picture import ClusterPicture
 from qatvm.controller.placement import NoFit, Placement, Strategy
 from qatvm.controller.resources import describe
@@ -38,6 +42,7 @@ from qatvm.kube_writes import Writer
 log = logging.getLogger(__name__)
 
 CONCURRENCY = 32
+MAX_RETRY_SECONDS = 30.0
 # The API server answered: the write did not happen.
 SURE_FAILURES = frozenset({400, 403, 404, 409, 422})
 
@@ -74,6 +79,8 @@ class Scheduler:
         # uid -> (resourceVersion, never, epoch) of its last verdict: judged again only when one moves.
         self.judged: dict[str, tuple[str, bool, int]] = {}
         self.writing: set[str] = set()
+        # Deleted, never placed, still held by the agent's finalizer: uid -> newest body.
+        self.leaving: dict[str, dict[str, Any]] = {}
         # Set once the first full LIST is in: before it, an absent node may just be unread.
         self.bootstrapped = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -84,6 +91,7 @@ class Scheduler:
         self.picture.observe_vm(body, deleted)
         if deleted:
             self.judged.pop(body["metadata"]["uid"], None)
+        self._see_leaving(body, deleted)
         self.wake.set()
 
     def on_node(self, body: dict[str, Any], deleted: bool) -> None:
@@ -109,7 +117,9 @@ class Scheduler:
         async for namespace in self.client.list(Namespace):
             self.picture.observe_namespace(namespace.to_dict())
         async for vm in self.client.list(QatVirtualMachineResource, namespace="*"):
-            self.picture.observe_vm(vm.to_dict())
+            body = vm.to_dict()
+            self.picture.observe_vm(body)
+            self._see_leaving(body, deleted=False)
         self.bootstrapped.set()
         self.wake.set()
 
@@ -178,7 +188,10 @@ class Scheduler:
 
     def _start(self, uid: str, write: Coroutine[Any, Any, None]) -> None:
         self.writing.add(uid)
-        task = asyncio.create_task(self._write(uid, write), name=f"write {uid}")
+        self._spawn(self._write(uid, write), f"write {uid}")
+
+    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(work, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -265,6 +278,45 @@ class Scheduler:
         self.picture.observe_vm(updated)
         self.judged[vm.metadata["uid"]] = self._stamp(updated, no_fit.never)
         await self.events.post(body, "Warning", "FailedScheduling", no_fit.message)
+
+    # -- deleted before placed --------------------------------------------------------------------
+
+    def _see_leaving(self, body: dict[str, Any], deleted: bool) -> None:
+        meta = body["metadata"]
+        uid = meta["uid"]
+        leaving = (
+            not deleted and meta.get("deletionTimestamp") and FINALIZER in (meta.get("finalizers") or [])
+            and not (body.get("status") or {}).get("nodeName")
+        )
+        if not leaving:
+            self.leaving.pop(uid, None)
+            return
+        known = uid in self.leaving
+        self.leaving[uid] = body
+        if not known:
+            self._spawn(self._let_go(uid), f"finalizer {uid}")
+
+    async def _let_go(self, uid: str) -> None:
+        """Take the agent's finalizer off a deleted, never placed VM; a conflict waits for the
+        newer version (which may turn out placed: then its agent lets go)."""
+        delay = 0.5
+        try:
+            while (body := self.leaving.get(uid)) is not None and self.leading():
+                meta = body["metadata"]
+                patch = {"metadata": {"finalizers": [f for f in meta.get("finalizers") or [] if f != FINALIZER],
+                                      "resourceVersion": meta["resourceVersion"]}}
+                try:
+                    await self.writer.patch_vm(meta["namespace"], meta["name"], patch)
+                    return
+                except ApiError as error:
+                    if error.status.code == 404:
+                        return
+                    if error.status.code != 409:
+                        log.warning("cannot release the deleted VM %s/%s: %s", meta["namespace"], meta["name"], error.status.message)
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, MAX_RETRY_SECONDS)
+        finally:
+            self.leaving.pop(uid, None)
 
     async def _patch_status(self, meta: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
         if not self.leading():

@@ -25,7 +25,7 @@ AGENT_SA = "qatvm-agent"
 TOKEN_SECONDS = 7 * 24 * 3600
 # The manifests that grant and limit rights (tenant roles included); the Deployment and DaemonSet are for real clusters only.
 RBAC_MANIFESTS = (
-    "namespace.yaml", "controller-rbac.yaml", "agent-rbac.yaml", "agent-policy.yaml", "vm-policy.yaml", "tenant-roles.yaml",
+    "namespace.yaml", "controller-rbac.yaml", "agent-rbac.yaml", "agent-policy.yaml", "vm-policy.yaml", "vm-finalizer-policy.yaml", "tenant-roles.yaml",
     "agent-lease-policy.yaml",
 )
 
