@@ -25,7 +25,7 @@ from qatvm.controlplane.server import ControlPlane, Endpoints
 from qatvm.hardware import DEFAULT_PROFILE, HardwareProfile, load_profile
 from qatvm.kube import QatNodeResource, apply_crds, client
 from qatvm.local import host_node as host
-from qatvm.local.credentials import AGENT_SA, CONTROLLER_SA, NAMESPACE, apply_rbac, service_account_kubeconfig
+from qatvm.local.credentials import AGENT_SA, CONTROLLER_SA, NAMESPACE, apply_rbac, service_account_kubeconfig, wait_for_admission
 from qatvm.local.kubelet_cluster import KubeletCluster
 from qatvm.local.monitoring import Prometheus, Target
 from qatvm.local.nodes import SimulatedNode
@@ -38,6 +38,8 @@ SIMULATED_LABEL = "qatvm.io/simulated"
 # plane and every node's inventory must be there within it.
 STARTUP_TIMEOUT = 180.0
 PROMETHEUS_TIMEOUT = 60.0
+# The API server reads a new CRD's schema for admission policies every 5 s; a few rounds.
+ADMISSION_TIMEOUT = 60.0
 RESTART_BACKOFF = 1.0
 # Shorter than a real cluster's 40 s, so a lost node shows within a test's patience; still five
 # renewals (every 2 s) missed in a row, so a busy machine does not lose nodes by itself.
@@ -115,6 +117,7 @@ class Supervisor:
                 if self.host_node:
                     self.host_node.register(kube)
                 apply_rbac(kube)
+                wait_for_admission(kube, ADMISSION_TIMEOUT)
                 self._start_operators(kube, endpoints)
                 self._wait_for_inventories(kube, deadline)
                 print(f"every node's inventory published {time.monotonic() - started:.1f}s after start", flush=True)
@@ -186,6 +189,7 @@ class Supervisor:
         self.kubelets.start(ensure_pki(self.state_dir / "pki"), int(endpoints.server.rsplit(":", 1)[1]))
         kubectl = Kubectl(endpoints.kubectl, endpoints.kubeconfig)
         self.kubelets.apply(kubectl)
+        wait_for_admission(kube, ADMISSION_TIMEOUT)
         self.kubelets.wait_ready(kube, kubectl)
         # The pods use their own tokens; these are for people and tests acting as either.
         self._write_operator_kubeconfigs(kube, endpoints)
