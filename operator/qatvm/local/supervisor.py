@@ -117,9 +117,10 @@ class Supervisor:
                 if self.host_node:
                     self.host_node.register(kube)
                 apply_rbac(kube)
-                wait_for_admission(kube, ADMISSION_TIMEOUT)
                 self._start_operators(kube, endpoints)
                 self._wait_for_inventories(kube, deadline)
+                # Meanwhile the API server has mostly read the CRDs' schemas for admission.
+                wait_for_admission(kube, ADMISSION_TIMEOUT)
                 print(f"every node's inventory published {time.monotonic() - started:.1f}s after start", flush=True)
                 self._wait_for_prometheus()
         except Exception as error:  # the reason goes to `local up`, which prints it
@@ -189,8 +190,8 @@ class Supervisor:
         self.kubelets.start(ensure_pki(self.state_dir / "pki"), int(endpoints.server.rsplit(":", 1)[1]))
         kubectl = Kubectl(endpoints.kubectl, endpoints.kubeconfig)
         self.kubelets.apply(kubectl)
-        wait_for_admission(kube, ADMISSION_TIMEOUT)
         self.kubelets.wait_ready(kube, kubectl)
+        wait_for_admission(kube, ADMISSION_TIMEOUT)
         # The pods use their own tokens; these are for people and tests acting as either.
         self._write_operator_kubeconfigs(kube, endpoints)
 
