@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 from lightkube import Client
-from lightkube.core.exceptions import ApiError
 from lightkube.codecs import load_all_yaml
+from lightkube.core.exceptions import ApiError
 from lightkube.models.authentication_v1 import BoundObjectReference, TokenRequestSpec
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import ServiceAccount
@@ -29,8 +29,8 @@ AGENT_SA = "qatvm-agent"
 TOKEN_SECONDS = 7 * 24 * 3600
 # The manifests that grant and limit rights (tenant roles included); the Deployment and DaemonSet are for real clusters only.
 RBAC_MANIFESTS = (
-    "namespace.yaml", "controller-rbac.yaml", "agent-rbac.yaml", "agent-policy.yaml", "vm-policy.yaml", "vm-finalizer-policy.yaml", "tenant-roles.yaml",
-    "agent-lease-policy.yaml",
+    "namespace.yaml", "controller-rbac.yaml", "agent-rbac.yaml", "agent-policy.yaml", "vm-policy.yaml",
+    "vm-finalizer-policy.yaml", "tenant-roles.yaml", "agent-lease-policy.yaml",
 )
 
 
