@@ -45,6 +45,8 @@ def test_local_up_serves_crds_and_nodes_and_down_leaves_nothing(tmp_path: Path) 
         nodes = [n["metadata"]["name"] for n in kubectl.json("get", "nodes")["items"]]
         assert nodes == ["node-1", "node-2", "node-3"]
         assert kubectl.run("get", "qvm", "-A").returncode == 0
+        # A VM applied now is placed: a controller leads already.
+        assert kubectl.json("get", "lease", "qatvm-controller", "-n", "qatvm-system")["spec"]["holderIdentity"]
         for node in nodes:
             assert (state_dir / "nodes" / node).is_dir()
 

@@ -26,6 +26,8 @@ from qatvm.api.lease import micro_time, now
 
 log = logging.getLogger(__name__)
 
+LEASE_NAME = "qatvm-controller"
+
 
 def process_identity(candidate: str) -> str:
     """The lease holder's name for this process: the candidate (a pod name) plus a suffix of its own.

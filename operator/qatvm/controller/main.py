@@ -16,7 +16,7 @@ from lightkube.config.kubeconfig import KubeConfig
 
 from qatvm import health, logs, metrics
 from qatvm.controller import handlers
-from qatvm.controller.leader import LeaderElection, process_identity
+from qatvm.controller.leader import LEASE_NAME, LeaderElection, process_identity
 from qatvm.controller.lost_nodes import LostNodeWatcher
 from qatvm.controller.placement import Strategy
 from qatvm.controller.scheduler import Scheduler
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strategy", choices=[s.value for s in Strategy], default=Strategy.PACK.value,
                         help="pack: fill the fullest node that fits; spread: the emptiest (default: %(default)s)")
     parser.add_argument("--lease-namespace", default=os.environ.get("POD_NAMESPACE", "kube-system"))
-    parser.add_argument("--lease-name", default="qatvm-controller")
+    parser.add_argument("--lease-name", default=LEASE_NAME)
     parser.add_argument("--lease-seconds", type=int, default=15)
     parser.add_argument("--node-grace-seconds", type=float, default=40.0,
                         help="a node whose agent has not renewed its node lease for this long is unreachable (default: %(default)s)")

@@ -8,19 +8,15 @@ on a real node; manifests/agent-policy.yaml confines the agent to that node.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from lightkube import Client
 from lightkube.codecs import load_all_yaml
-from lightkube.core.exceptions import ApiError
 from lightkube.models.authentication_v1 import BoundObjectReference, TokenRequestSpec
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import ServiceAccount
 
-from qatvm.api.vm import FINALIZER
 from qatvm.controlplane.kubeconfig import write_kubeconfig
-from qatvm.kube import QatVirtualMachineResource
 from qatvm.paths import project_root
 
 NAMESPACE = "qatvm-system"
@@ -38,28 +34,6 @@ def apply_rbac(kube: Client) -> None:
     for name in RBAC_MANIFESTS:
         for obj in load_all_yaml((project_root() / "manifests" / name).read_text()):
             kube.apply(obj, force=True)
-
-
-def wait_for_admission(kube: Client, timeout: float) -> None:
-    """Until a new VM gets the agent's finalizer from the API server (a dry run, so nothing is
-    stored). A MutatingAdmissionPolicy acts on a custom resource only once the API server has read
-    the CRD's schema, which it polls for every 5 s; until then it refuses every VM's create (503)."""
-    probe = QatVirtualMachineResource(
-        metadata=ObjectMeta(name="qatvm-admission-probe", namespace="default"),
-        spec={"memory": "256Mi", "qat": {"count": 1}, "image": {"path": "/var/lib/qatvm/images/probe.qcow2"}},
-    )
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            created = kube.create(probe, dry_run=True)
-            if FINALIZER in (created.metadata.finalizers or [] if created.metadata else []):
-                return
-            why = f"a new VM does not get the finalizer {FINALIZER} yet"
-        except ApiError as error:
-            why = str(error.status.message)
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"the admission policies of manifests/ are not in force after {timeout:.0f}s: {why}")
-        time.sleep(0.2)
 
 
 def _token(kube: Client, account: str, bound_node: str | None = None) -> str:

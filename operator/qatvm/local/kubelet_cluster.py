@@ -19,8 +19,8 @@ from lightkube import Client
 from lightkube.core.exceptions import ApiError
 from lightkube.resources.coordination_v1 import Lease
 
+from qatvm.controller.leader import LEASE_NAME, candidate_of
 from qatvm.controlplane.certs import Pki, client_pair, ensure_pki
-from qatvm.controller.leader import candidate_of
 from qatvm.controlplane.server import ControlPlane
 from qatvm.kube import QatNodeResource
 from qatvm.local.credentials import NAMESPACE
@@ -155,7 +155,7 @@ class KubeletCluster:
         processes in the other mode ("controller" is the leader; the other replica is
         "controller-standby"; "agent-<node>"), so a test can kill either kind the same way."""
         try:
-            holder = kube.get(Lease, "qatvm-controller", namespace=NAMESPACE).spec.holderIdentity
+            holder = kube.get(Lease, LEASE_NAME, namespace=NAMESPACE).spec.holderIdentity
             leader = candidate_of(holder) if holder else None
         except ApiError:
             leader = None

@@ -25,10 +25,11 @@ from qatvm.controlplane.server import ControlPlane, Endpoints
 from qatvm.hardware import DEFAULT_PROFILE, HardwareProfile, load_profile
 from qatvm.kube import QatNodeResource, apply_crds, client
 from qatvm.local import host_node as host
-from qatvm.local.credentials import AGENT_SA, CONTROLLER_SA, NAMESPACE, apply_rbac, service_account_kubeconfig, wait_for_admission
+from qatvm.local.credentials import AGENT_SA, CONTROLLER_SA, NAMESPACE, apply_rbac, service_account_kubeconfig
 from qatvm.local.kubelet_cluster import KubeletCluster
 from qatvm.local.monitoring import Prometheus, Target
 from qatvm.local.nodes import SimulatedNode
+from qatvm.local.readiness import wait_for_admission, wait_for_leader
 from qatvm.local.state import ClusterState
 from qatvm.processes import ManagedProcess, free_port, wait_until
 from qatvm.testing.kubectl import Kubectl
@@ -40,6 +41,8 @@ STARTUP_TIMEOUT = 180.0
 PROMETHEUS_TIMEOUT = 60.0
 # The API server reads a new CRD's schema for admission policies every 5 s; a few rounds.
 ADMISSION_TIMEOUT = 60.0
+# A controller that failed its first try for the lease tries again a few seconds later.
+LEADER_TIMEOUT = 60.0
 RESTART_BACKOFF = 1.0
 # Shorter than a real cluster's 40 s, so a lost node shows within a test's patience; still five
 # renewals (every 2 s) missed in a row, so a busy machine does not lose nodes by itself.
@@ -121,6 +124,7 @@ class Supervisor:
                 self._wait_for_inventories(kube, deadline)
                 # Meanwhile the API server has mostly read the CRDs' schemas for admission.
                 wait_for_admission(kube, ADMISSION_TIMEOUT)
+                wait_for_leader(kube, NAMESPACE, LEADER_TIMEOUT)
                 print(f"every node's inventory published {time.monotonic() - started:.1f}s after start", flush=True)
                 self._wait_for_prometheus()
         except Exception as error:  # the reason goes to `local up`, which prints it
@@ -192,6 +196,8 @@ class Supervisor:
         self.kubelets.apply(kubectl)
         self.kubelets.wait_ready(kube, kubectl)
         wait_for_admission(kube, ADMISSION_TIMEOUT)
+        # Before the pods' PIDs are recorded: the leader's is recorded as "controller".
+        wait_for_leader(kube, NAMESPACE, LEADER_TIMEOUT)
         # The pods use their own tokens; these are for people and tests acting as either.
         self._write_operator_kubeconfigs(kube, endpoints)
 
