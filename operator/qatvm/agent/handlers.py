@@ -16,6 +16,7 @@ import kopf
 from qatvm.agent.service import NodeAgent
 from qatvm.api.vm import GROUP, PLURAL, VERSION
 from qatvm.background import run_alongside
+from qatvm.kopf_settings import watch_only
 from qatvm.login import register_login
 
 registry = kopf.OperatorRegistry()
@@ -25,9 +26,7 @@ register_login(registry)
 def configure(settings: kopf.OperatorSettings, node: str) -> kopf.OperatorSettings:
     settings.watching.field_selectors[GROUP, PLURAL] = f"status.nodeName={node}"
     settings.posting.loggers = False
-    # The resources are known; scanning CRDs would need a right the agent has no other use for.
-    settings.scanning.disabled = True
-    return settings
+    return watch_only(settings)
 
 
 def _agent(memo: Any) -> NodeAgent:

@@ -8,7 +8,6 @@ cost more than the handler.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import kopf
@@ -17,6 +16,7 @@ from qatvm import metrics
 from qatvm.api.vm import GROUP, PLURAL, VERSION
 from qatvm.background import run_alongside
 from qatvm.controller.scheduler import Scheduler
+from qatvm.kopf_settings import watch_only
 from qatvm.login import register_login
 
 registry = kopf.OperatorRegistry()
@@ -24,9 +24,7 @@ register_login(registry)
 
 
 def settings() -> kopf.OperatorSettings:
-    configured = kopf.OperatorSettings()
-    # The resources are known; scanning CRDs would need a right the controller has no other use for.
-    configured.scanning.disabled = True
+    configured = watch_only(kopf.OperatorSettings())
     # kopf keeps a worker task per object until it has been idle this long (default 5 s): in a
     # burst of placements that is thousands of idle tasks and queues held at once.
     configured.batching.idle_timeout = 1.0
@@ -67,6 +65,7 @@ async def inventory_event(event: Any, body: kopf.Body, memo: Any, **_: Any) -> N
 
 
 def _plain(body: kopf.Body) -> dict[str, Any]:
-    # The scheduler keeps bodies past the handler; kopf's views may change under it.
-    return copy.deepcopy(dict(body))
+    # A view on the event's freshly parsed object, which kopf never changes: a process without
+    # daemons or timers has no "live" body, so there is nothing to copy it away from.
+    return dict(body)
 
