@@ -89,7 +89,10 @@ class Cluster:
         return self.usage("kube-apiserver")[1] + self.usage("etcd")[1]
 
     def client(self) -> AsyncClient:
-        return AsyncClient(config=KubeConfig.from_file(str(self.state_dir / "kubeconfig")), field_manager="qatvm-bench")
+        # Deleting a thousand VMs at once takes the API server longer than lightkube's 10 s on a busy machine.
+        return AsyncClient(
+            config=KubeConfig.from_file(str(self.state_dir / "kubeconfig")), field_manager="qatvm-bench", timeout=120
+        )
 
 
 @contextmanager
