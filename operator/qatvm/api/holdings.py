@@ -2,37 +2,35 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 
 from qatvm.api.cpulist import format_cpulist, parse_cpulist
-from qatvm.api.hugepages import pages_for
+from qatvm.api.hugepages import PageSize, pages_for
 from qatvm.api.qatnode import Holdings
 from qatvm.api.vm import ResourceAllocation
 
 
-def _add(into: Holdings, allocation: ResourceAllocation) -> Holdings:
-    hugepages = dict(into.hugepages)
-    memory = into.memory
-    if allocation.hugepage_size is None:
-        memory += allocation.memory_bytes
-    else:
-        size = allocation.hugepage_size
-        hugepages[size] = hugepages.get(size, 0) + pages_for(allocation.memory_bytes, size)
-    dedicated = parse_cpulist(into.dedicated_cpus)
-    if allocation.dedicated and allocation.cpus:
-        dedicated |= parse_cpulist(allocation.cpus)
-    return Holdings(vcpus=into.vcpus + allocation.vcpus, memory=memory, hugepages=hugepages,
-                    dedicated_cpus=format_cpulist(dedicated))
-
-
 def hold(allocations: Iterable[ResourceAllocation]) -> tuple[dict[int, Holdings], Holdings]:
     """What the allocations hold of each NUMA node they are bound to, and of none in particular."""
-    bound: dict[int, Holdings] = defaultdict(Holdings)
-    unbound = Holdings()
+    # Summed as plain numbers and sets, one Holdings each at the end: the controller adds up a
+    # node's allocations for every VM it places there.
+    vcpus: dict[int | None, int] = defaultdict(int)
+    memory: dict[int | None, int] = defaultdict(int)
+    hugepages: dict[int | None, Counter[PageSize]] = defaultdict(Counter)
+    dedicated: dict[int | None, set[int]] = defaultdict(set)
     for allocation in allocations:
-        if allocation.numa_node is None:
-            unbound = _add(unbound, allocation)
+        key = allocation.numa_node
+        vcpus[key] += allocation.vcpus
+        if allocation.hugepage_size is None:
+            memory[key] += allocation.memory_bytes
         else:
-            bound[allocation.numa_node] = _add(bound[allocation.numa_node], allocation)
-    return dict(bound), unbound
+            hugepages[key][allocation.hugepage_size] += pages_for(allocation.memory_bytes, allocation.hugepage_size)
+        if allocation.dedicated and allocation.cpus:
+            dedicated[key] |= parse_cpulist(allocation.cpus)
+
+    def of(key: int | None) -> Holdings:
+        return Holdings(vcpus=vcpus[key], memory=memory[key], hugepages=dict(hugepages[key]),
+                        dedicated_cpus=format_cpulist(dedicated[key]))
+
+    return {key: of(key) for key in vcpus if key is not None}, of(None)
