@@ -12,10 +12,10 @@ from lightkube import KubeConfig
 
 from qatvm.api.lease import NODE_LEASE_NAMESPACE
 from qatvm.controlplane.server import ControlPlane
-from qatvm.hardware import HardwareProfile, generate
 from qatvm.kube import apply_crds, client
 from qatvm.kube_writes import Writer
 from qatvm.node.sysfs import Sysfs, open_sysfs
+from qatvm.simulation import HardwareProfile, generate
 from qatvm.testing.kubectl import Kubectl
 
 

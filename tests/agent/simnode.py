@@ -15,11 +15,11 @@ from qatvm.agent.config import AgentConfig
 from qatvm.agent.reconciler import VmReconciler
 from qatvm.api.qatnode import QatVf
 from qatvm.api.vm import AllocatedDevice, QatVirtualMachine
-from qatvm.hardware import HardwareProfile, generate
 from qatvm.hypervisor import Hypervisor, open_hypervisor
 from qatvm.node.binding import VfBinder
 from qatvm.node.discovery import discover
 from qatvm.node.sysfs import open_sysfs
+from qatvm.simulation import HardwareProfile, generate
 
 NODE = "node-1"
 BASE = "/var/lib/qatvm/images/base.qcow2"

@@ -8,7 +8,7 @@ from qatvm.agent.config import AgentConfig
 from qatvm.agent.inventory import scan
 from qatvm.api.hugepages import PageSize
 from qatvm.api.vm import ResourceAllocation
-from qatvm.hardware import DEFAULT_PROFILE
+from qatvm.simulation import DEFAULT_PROFILE
 from simnode import Node
 
 GIB = 1 << 30

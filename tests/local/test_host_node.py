@@ -17,10 +17,10 @@ from typing import Any
 
 import yaml
 
-from qatvm.hardware import HardwareProfile, generate
 from qatvm.hypervisor import open_hypervisor
 from qatvm.local.state import ClusterState
 from qatvm.processes import pid_alive, wait_until
+from qatvm.simulation import HardwareProfile, generate
 from qatvm.testing.kubectl import Kubectl
 
 IMAGE = "/var/lib/qatvm/images/base.qcow2"

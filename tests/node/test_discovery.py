@@ -6,10 +6,10 @@ from collections.abc import Callable
 
 import pytest
 
-from qatvm.hardware import DEFAULT_PROFILE
 from qatvm.node.devices import GENERATIONS, ExtraVfId, Generation
 from qatvm.node.discovery import discover
 from qatvm.node.sysfs import HostSysfs, Sysfs
+from qatvm.simulation import DEFAULT_PROFILE
 
 MakeNode = Callable[..., Sysfs]
 

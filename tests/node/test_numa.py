@@ -9,10 +9,10 @@ import pytest
 from pydantic import ValidationError
 
 from qatvm.api.hugepages import PageSize
-from qatvm.hardware import DEFAULT_PROFILE, HardwareProfile
 from qatvm.node.capacity import HostReservation, numa_capacity
 from qatvm.node.numa import HostNumaNode, HugepagePool, read_numa_nodes
 from qatvm.node.sysfs import HostSysfs, Sysfs
+from qatvm.simulation import DEFAULT_PROFILE, HardwareProfile
 
 MakeNode = Callable[..., Sysfs]
 GIB = 1 << 30

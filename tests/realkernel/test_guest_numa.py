@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from guest_node import Node
 
-from qatvm.hardware import HardwareProfile
 from qatvm.node.numa import read_numa_nodes
 from qatvm.node.sysfs import Sysfs
+from qatvm.simulation import HardwareProfile
 
 pytestmark = pytest.mark.realkernel
 

@@ -1,4 +1,4 @@
-"""The simulated kernel (qatvm.hardware) against the real one, write for write.
+"""The simulated kernel (qatvm.simulation) against the real one, write for write.
 
 Every scenario in `kernel_reactions` runs on a VF of the guest's real kernel and on the same
 VF of a simulated node laid out like the guest (an NVMe PF with two VFs on nvme, vfio-pci
@@ -20,8 +20,8 @@ import kernel_reactions
 import pytest
 from guest_node import Node
 
-from qatvm.hardware import HardwareProfile, generate
 from qatvm.node.sysfs import Sysfs, open_sysfs
+from qatvm.simulation import HardwareProfile, generate
 
 pytestmark = pytest.mark.realkernel
 

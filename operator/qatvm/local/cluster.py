@@ -239,8 +239,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             sub.add_argument(
                 "--hardware", type=Path,
-                help="hardware profile (YAML) for each simulated node; default: two 4xxx PFs, "
-                "8 VFs each, on NUMA nodes 0 (sym;asym) and 1 (dc); see `qatvm hardware --print-default-profile`",
+                help="hardware profile (YAML) for each simulated node; default: two 4xxx PFs, 8 VFs each, "
+                "on NUMA nodes 0 (sym;asym) and 1 (dc); see `qatvm simulation sysfs --print-default-profile`",
             )
             sub.add_argument(
                 "--timeout", type=float, metavar="SECONDS",

@@ -14,9 +14,9 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from qatvm.hardware import HardwareProfile, generate
 from qatvm.node.images import DEFAULT_IMAGE_DIR
 from qatvm.node.sysfs import SIMULATION_MARKER
+from qatvm.simulation import HardwareProfile, generate
 
 # In the agent's default image directory: the only place its VMs' images may come from.
 BASE_IMAGE = (DEFAULT_IMAGE_DIR / "base.qcow2").relative_to("/")

@@ -22,7 +22,6 @@ from lightkube.resources.core_v1 import Node
 
 from qatvm.controlplane.certs import ensure_pki
 from qatvm.controlplane.server import ControlPlane, Endpoints
-from qatvm.hardware import DEFAULT_PROFILE, HardwareProfile, load_profile
 from qatvm.kube import QatNodeResource, apply_crds, client
 from qatvm.local import host_node as host
 from qatvm.local.credentials import AGENT_SA, CONTROLLER_SA, NAMESPACE, apply_rbac, service_account_kubeconfig
@@ -32,6 +31,7 @@ from qatvm.local.nodes import SimulatedNode
 from qatvm.local.readiness import wait_for_admission, wait_for_leader
 from qatvm.local.state import ClusterState
 from qatvm.processes import ManagedProcess, free_port, wait_until
+from qatvm.simulation import DEFAULT_PROFILE, HardwareProfile, load_profile
 from qatvm.testing.kubectl import Kubectl
 
 SIMULATED_LABEL = "qatvm.io/simulated"

@@ -2,7 +2,7 @@
 
 Paths are relative to the root (`bus/pci/devices/0000:6b:00.1/driver`). Two implementations
 exist: `HostSysfs`, plain file I/O for a real kernel, and the simulated kernel's (in
-`qatvm.hardware`), which also applies the kernel's reaction to each write. `open_sysfs`
+`qatvm.simulation`), which also applies the kernel's reaction to each write. `open_sysfs`
 picks between them from what is on disk, so callers never know which one they hold.
 """
 
@@ -78,7 +78,7 @@ def open_sysfs(root: Path = DEFAULT_ROOT) -> Sysfs:
     """The sysfs under `root`: simulated when the tree carries the simulation marker."""
     if (root / SIMULATION_MARKER).exists():
         # Imported here so a real node never loads the simulation.
-        from qatvm.hardware.kernel import SimulatedSysfs
+        from qatvm.simulation.kernel import SimulatedSysfs
 
         return SimulatedSysfs(root)
     return HostSysfs(root)

@@ -5,7 +5,7 @@ a sysfs whose writes go through `SimulatedKernel`. All state lives in the tree i
 restarted process sees what the last one left.
 """
 
-from qatvm.hardware.generator import generate
-from qatvm.hardware.profile import DEFAULT_PROFILE, HardwareProfile, load_profile
+from qatvm.simulation.generator import generate
+from qatvm.simulation.profile import DEFAULT_PROFILE, HardwareProfile, load_profile
 
 __all__ = ["DEFAULT_PROFILE", "HardwareProfile", "generate", "load_profile"]

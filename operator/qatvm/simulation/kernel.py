@@ -19,10 +19,10 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from qatvm.hardware.profile import HardwareProfile, check_services
-from qatvm.hardware.tree import NO_OVERRIDE, VFIO_GROUP_MODE, Tree, bdf, devfn_of
 from qatvm.node.devices import BY_PF_DEVICE, GENERATIONS, VFIO_DENYLIST_PARAM, VFIO_PCI, vfio_denylisted
 from qatvm.node.sysfs import SIMULATION_MARKER, Sysfs
+from qatvm.simulation.profile import HardwareProfile, check_services
+from qatvm.simulation.tree import NO_OVERRIDE, VFIO_GROUP_MODE, Tree, bdf, devfn_of
 
 PAGE_SIZE = 4096
 

@@ -11,10 +11,10 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from qatvm.hardware import DEFAULT_PROFILE, HardwareProfile, generate, load_profile
-from qatvm.hardware.cli import main as hardware_main
 from qatvm.node.devices import GENERATIONS
 from qatvm.node.sysfs import SIMULATION_MARKER, HostSysfs, Sysfs, open_sysfs
+from qatvm.simulation import DEFAULT_PROFILE, HardwareProfile, generate, load_profile
+from qatvm.simulation.sysfs_cli import main as sysfs_main
 
 MakeNode = Callable[..., Sysfs]
 
@@ -198,19 +198,19 @@ def test_profiles_load_from_yaml_and_json(tmp_path: Path) -> None:
 
 def test_cli_writes_a_tree_from_a_profile_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "p.yaml").write_text("pfs:\n  - {generation: 402xx, vfs: 3}\n")
-    assert hardware_main(["--profile", str(tmp_path / "p.yaml"), "--root", str(tmp_path / "n" / "sys")]) == 0
+    assert sysfs_main(["--profile", str(tmp_path / "p.yaml"), "--root", str(tmp_path / "n" / "sys")]) == 0
     sysfs = open_sysfs(tmp_path / "n" / "sys")
     assert sysfs.read("bus/pci/devices/0000:10:00.0/sriov_numvfs") == "3"
-    assert hardware_main(["--root", str(tmp_path / "n" / "sys")]) == 1
+    assert sysfs_main(["--root", str(tmp_path / "n" / "sys")]) == 1
     assert "not empty" in capsys.readouterr().err
 
 
 def test_cli_default_profile_round_trips(capsys: pytest.CaptureFixture[str]) -> None:
-    assert hardware_main(["--print-default-profile"]) == 0
+    assert sysfs_main(["--print-default-profile"]) == 0
     assert HardwareProfile.model_validate(yaml.safe_load(capsys.readouterr().out)) == DEFAULT_PROFILE
 
 
 def test_cli_reports_a_bad_profile(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "p.yaml").write_text("pfs:\n  - {generation: 4xxx, vfs: 99}\n")
-    assert hardware_main(["--profile", str(tmp_path / "p.yaml"), "--root", str(tmp_path / "sys")]) == 1
+    assert sysfs_main(["--profile", str(tmp_path / "p.yaml"), "--root", str(tmp_path / "sys")]) == 1
     assert "exceeds total_vfs" in capsys.readouterr().err

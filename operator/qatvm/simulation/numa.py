@@ -12,8 +12,8 @@ from pathlib import Path
 
 from qatvm.api.cpulist import format_cpulist, parse_cpulist
 from qatvm.api.hugepages import PageSize
-from qatvm.hardware.profile import NumaNodeSpec
-from qatvm.hardware.tree import Tree
+from qatvm.simulation.profile import NumaNodeSpec
+from qatvm.simulation.tree import Tree
 
 # What a freshly booted node's kernel itself holds of each NUMA node's memory.
 KERNEL_KIB = 512 * 1024

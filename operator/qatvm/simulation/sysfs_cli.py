@@ -1,4 +1,4 @@
-"""`qatvm hardware`: write a simulated node's sysfs tree for humans and the local cluster."""
+"""`qatvm simulation sysfs`: write a simulated node's sysfs tree for humans and the local cluster."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ from pathlib import Path
 
 import yaml
 
-from qatvm.hardware.generator import generate
-from qatvm.hardware.profile import DEFAULT_PROFILE, load_profile
+from qatvm.simulation.generator import generate
+from qatvm.simulation.profile import DEFAULT_PROFILE, load_profile
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="qatvm hardware",
+        prog="qatvm simulation sysfs",
         description="Generate a simulated node: ROOT becomes its /sys (and ROOT/../dev its /dev). "
         "Point `qatvm inventory --sysfs-root ROOT` or an agent at it.",
     )
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         profile = load_profile(args.profile) if args.profile else DEFAULT_PROFILE
         generate(profile, args.root)
     except (OSError, ValueError) as err:
-        print(f"qatvm hardware: {err}", file=sys.stderr)
+        print(f"qatvm simulation sysfs: {err}", file=sys.stderr)
         return 1
     print(f"simulated node written to {args.root}")
     return 0

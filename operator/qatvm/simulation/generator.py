@@ -15,11 +15,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qatvm.hardware.kernel import KernelState, SimulatedKernel
-from qatvm.hardware.numa import write_numa_nodes
-from qatvm.hardware.profile import HardwareProfile, PfSpec
-from qatvm.hardware.tree import VFIO_CONTAINER_MODE, Tree, bdf
 from qatvm.node.devices import BY_NAME, INTEL, VFIO_DENYLIST_PARAM, VFIO_PCI
+from qatvm.simulation.kernel import KernelState, SimulatedKernel
+from qatvm.simulation.numa import write_numa_nodes
+from qatvm.simulation.profile import HardwareProfile, PfSpec
+from qatvm.simulation.tree import VFIO_CONTAINER_MODE, Tree, bdf
 
 FIRST_BUS = 0x10
 BUS_STEP = 0x08

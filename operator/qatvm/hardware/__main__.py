@@ -1,5 +1,0 @@
-import sys
-
-from qatvm.hardware.cli import main
-
-sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from qatvm.simulation.cli import main
+
+sys.exit(main())
