@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 from qatvm.node.binding import VfBinder
-from qatvm.node.sysfs import open_sysfs
+from qatvm.simulation import SimulatedSysfs
 from qatvm.testing.cluster import LocalNodes
 from qatvm.testing.kubectl import Kubectl
 
 
 def drivers(nodes: LocalNodes, node: str) -> dict[str, str | None]:
     """Every PCI device of the node and its driver."""
-    sysfs = open_sysfs(nodes.root(node) / "sys")
+    sysfs = SimulatedSysfs(nodes.root(node) / "sys")
     return {a: sysfs.readlink(f"bus/pci/devices/{a}/driver") for a in sysfs.listdir("bus/pci/devices")}
 
 
 def records(nodes: LocalNodes, node: str) -> dict[str, str | None]:
     """The agent's binding records: each bound VF and the UID of the VM it was bound for."""
     root = nodes.root(node)
-    binder = VfBinder(open_sysfs(root / "sys"), root / "var/lib/qatvm/binding")
+    binder = VfBinder(SimulatedSysfs(root / "sys"), root / "var/lib/qatvm/binding")
     return {r.address: r.owner.uid if r.owner else None for r in binder.records()}
 
 

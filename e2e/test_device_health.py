@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from qatvm.node.sysfs import open_sysfs
+from qatvm.simulation import SimulatedSysfs
 from qatvm.testing.cluster import E2eCluster, eventually, local_cluster
 from vms import condition, status, vm, wait_ready
 
@@ -35,7 +35,7 @@ def test_vfs_that_appear_are_published(private: E2eCluster) -> None:
     inventory = kubectl.json("get", "qatnode", "node-1")["status"]
     pf = next(v["pfAddress"] for v in inventory["vfs"] if v["services"] == ["dc"])
     enabled = sum(1 for v in inventory["vfs"] if v["pfAddress"] == pf)
-    sysfs = open_sysfs(nodes.root("node-1") / "sys")
+    sysfs = SimulatedSysfs(nodes.root("node-1") / "sys")
     total_vfs = int(sysfs.read(f"bus/pci/devices/{pf}/sriov_totalvfs"))
     # As an admin does: SR-IOV off, then on with every VF the PF can have.
     sysfs.write(f"bus/pci/devices/{pf}/sriov_numvfs", "0")
@@ -56,7 +56,7 @@ def test_failed_heartbeat_is_reported_and_its_vfs_are_not_handed_out(private: E2
     kubectl.apply(vm("hb", "default", count=1, services=["dc"]))
     wait_ready(kubectl, "hb", "default")
     device = status(kubectl, "hb", "default")["devices"][0]
-    sysfs = open_sysfs(nodes.root("node-1") / "sys")
+    sysfs = SimulatedSysfs(nodes.root("node-1") / "sys")
     sysfs.write(f"kernel/debug/qat_4xxx_{device['pfAddress']}/heartbeat/inject_error", "1")
 
     def reported() -> None:
@@ -89,7 +89,7 @@ def test_vanished_vf_is_reported(private: E2eCluster) -> None:
     wait_ready(kubectl, "lost", "default")
     address = status(kubectl, "lost", "default")["devices"][0]["pciAddress"]
     total = kubectl.json("get", "qatnode", "node-1")["status"]["total"]
-    open_sysfs(nodes.root("node-1") / "sys").write(f"bus/pci/devices/{address}/remove", "1")
+    SimulatedSysfs(nodes.root("node-1") / "sys").write(f"bus/pci/devices/{address}/remove", "1")
 
     def reported() -> None:
         health = condition(kubectl, "lost", "default", "DevicesHealthy")

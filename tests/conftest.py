@@ -14,8 +14,8 @@ from qatvm.api.lease import NODE_LEASE_NAMESPACE
 from qatvm.controlplane.server import ControlPlane
 from qatvm.kube import apply_crds, client
 from qatvm.kube_writes import Writer
-from qatvm.node.sysfs import Sysfs, open_sysfs
-from qatvm.simulation import HardwareProfile, generate
+from qatvm.node.sysfs import Sysfs
+from qatvm.simulation import HardwareProfile, SimulatedSysfs, generate
 from qatvm.testing.kubectl import Kubectl
 
 
@@ -79,6 +79,6 @@ def make_node(tmp_path: Path) -> Callable[..., Sysfs]:
     def make(profile: dict[str, Any] | HardwareProfile, name: str = "node") -> Sysfs:
         root = tmp_path / name / "sys"
         generate(HardwareProfile.model_validate(profile), root)
-        return open_sysfs(root)
+        return SimulatedSysfs(root)
 
     return make

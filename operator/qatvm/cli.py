@@ -13,7 +13,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "controller": ("qatvm.controller.main", "run the scheduler (one active per cluster)"),
     "agent": ("qatvm.agent.main", "run a node's agent: inventory, VF binding, libvirt domains"),
     "inventory": ("qatvm.node.inventory_cli", "list this node's QAT VFs"),
-    "simulation": ("qatvm.simulation.cli", "a simulated QAT node: write its sysfs tree"),
+    "simulation": ("qatvm.simulation.cli", "a simulated QAT node: write its sysfs tree, run its agent"),
 }
 
 

@@ -15,11 +15,11 @@ from qatvm.agent.config import AgentConfig
 from qatvm.agent.reconciler import VmReconciler
 from qatvm.api.qatnode import QatVf
 from qatvm.api.vm import AllocatedDevice, QatVirtualMachine
-from qatvm.hypervisor import Hypervisor, open_hypervisor
+from qatvm.hypervisor import Hypervisor
 from qatvm.node.binding import VfBinder
 from qatvm.node.discovery import discover
-from qatvm.node.sysfs import open_sysfs
-from qatvm.simulation import HardwareProfile, generate
+from qatvm.simulation import HardwareProfile, SimulatedSysfs, generate
+from qatvm.simulation.hypervisor import open_hypervisor
 
 NODE = "node-1"
 BASE = "/var/lib/qatvm/images/base.qcow2"
@@ -47,7 +47,7 @@ class Node:
         image.parent.mkdir(parents=True)
         subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "16M"], check=True)
         self.config = AgentConfig(node=NODE, host_root=root, libvirt_uri=f"qatvm-test://{root}/hypervisor.xml")
-        self.sysfs = open_sysfs(root / "sys")
+        self.sysfs = SimulatedSysfs(root / "sys")
         self.vfs = {vf.pci_address: vf for vf in discover(self.sysfs).vfs}
         self._open: list[Hypervisor] = []
 
@@ -59,7 +59,7 @@ class Node:
         self.close()
         hypervisor = open_hypervisor(self.config.libvirt_uri)
         self._open.append(hypervisor)
-        binder = VfBinder(open_sysfs(self.config.sysfs), self.config.state_dir / "binding")
+        binder = VfBinder(SimulatedSysfs(self.config.sysfs), self.config.state_dir / "binding")
         return VmReconciler(self.config, binder, hypervisor)
 
     def close(self) -> None:

@@ -24,7 +24,8 @@ from qatvm.controlplane.server import ControlPlane
 from qatvm.kube import QatVirtualMachineResource
 from qatvm.kube_writes import Writer
 from qatvm.node.binding import VfBinder
-from qatvm.node.sysfs import open_sysfs
+from qatvm.simulation import SimulatedSysfs
+from qatvm.simulation.access import SIMULATED
 from simnode import BASE, GEN4_A, GEN4_B, GEN4_C, Node
 
 pytestmark = pytest.mark.controlplane
@@ -36,7 +37,7 @@ async def agent(node: Node, kube: lightkube.AsyncClient, writer: Writer) -> Asyn
     kopf starts it: first inventory published, holdings audited, the inventory loop running."""
     name = f"svc-{uuid.uuid4().hex[:8]}"
     await kube.create(KubeNode(metadata=ObjectMeta(name=name)))
-    running = NodeAgent(node.config.model_copy(update={"node": name, "audit_seconds": 3600}), kube, writer)
+    running = NodeAgent(node.config.model_copy(update={"node": name, "audit_seconds": 3600}), kube, writer, SIMULATED)
     await running.refresh_inventory()
     await running.audit()
     loop = asyncio.create_task(running.watch_inventory())
@@ -78,7 +79,7 @@ async def read(kube: lightkube.AsyncClient, body: dict[str, Any]) -> dict[str, A
 
 
 def owners(node: Node) -> dict[str, str | None]:
-    binder = VfBinder(open_sysfs(node.config.sysfs), node.config.state_dir / "binding")
+    binder = VfBinder(SimulatedSysfs(node.config.sysfs), node.config.state_dir / "binding")
     return {r.address: r.owner.uid if r.owner else None for r in binder.records()}
 
 

@@ -10,17 +10,19 @@ from collections.abc import Callable
 from pathlib import Path
 
 import libvirt
+import pytest
 
 import qatvm
 from qatvm.domain import DomainSpec, build_domain
-from qatvm.hypervisor import DomainState, PersistentTestHypervisor, open_hypervisor
+from qatvm.hypervisor import ConnectionFailed, DomainState
+from qatvm.simulation.hypervisor import PersistentTestHypervisor, open_hypervisor
 
 UNRELATED = ("legacy-web", "desktop", "qatvm-looks_ours")
 
 _AGENT_KILLED_MIDWAY = """
 import os, signal, sys
 from qatvm.domain import DomainSpec, build_domain
-from qatvm.hypervisor import open_hypervisor
+from qatvm.simulation.hypervisor import open_hypervisor
 
 started, defined = (DomainSpec.model_validate_json(arg) for arg in sys.argv[2:])
 hypervisor = open_hypervisor(sys.argv[1])
@@ -125,3 +127,9 @@ def test_a_new_node_starts_empty_and_its_file_is_libvirts_format(
     # libvirt itself, not our code, reads the file back.
     assert list(inactive_xml(state_file)) == [spec.name]
     assert not list(state_file.parent.glob("*.partial"))
+
+
+@pytest.mark.parametrize("uri", ["qatvm-test://host/node.xml", "qatvm-test:node.xml"])
+def test_a_persistent_uri_names_an_absolute_file(uri: str) -> None:
+    with pytest.raises(ConnectionFailed, match="write qatvm-test:///ABSOLUTE/PATH.xml"):
+        open_hypervisor(uri)

@@ -1,7 +1,8 @@
 """`qatvm local up --host-node`: the machine itself as a node, beside simulated ones.
 
 The machine here has no QAT part, so the "host" is a node root holding a simulated kernel
-(`--host-root`, as the agent's own flag); everything else is what a QAT server gets: the
+(`--host-root`, as the agent's own flag, and `--simulated-host`, which hands the host node's
+checks, agent and give-back the simulation); everything else is what a QAT server gets: the
 preflight checks, a Node without the simulated label, an agent with a token bound to it, and
 `local down` giving the host back. tests/realkernel runs the same on a real kernel.
 """
@@ -17,10 +18,10 @@ from typing import Any
 
 import yaml
 
-from qatvm.hypervisor import open_hypervisor
 from qatvm.local.state import ClusterState
 from qatvm.processes import pid_alive, wait_until
 from qatvm.simulation import HardwareProfile, generate
+from qatvm.simulation.hypervisor import open_hypervisor
 from qatvm.testing.kubectl import Kubectl
 
 IMAGE = "/var/lib/qatvm/images/base.qcow2"
@@ -44,7 +45,7 @@ def host_root(tmp_path: Path, profile: dict[str, Any]) -> Path:
 def host_flags(root: Path) -> list[str]:
     return [
         "--host-node", "hn", "--host-root", str(root), "--libvirt-uri", f"qatvm-test://{root}/hypervisor.xml",
-        "--virt-type", "qemu", "--cpu-mode", "maximum",
+        "--virt-type", "qemu", "--cpu-mode", "maximum", "--simulated-host",
     ]
 
 

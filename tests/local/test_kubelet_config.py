@@ -43,6 +43,9 @@ def test_the_overlay_changes_only_where_the_agent_finds_its_node(tmp_path: Path)
     shipped_pod = shipped[("DaemonSet", "qatvm-agent")]["spec"]["template"]["spec"]
     agent = pod["containers"][0]
     root = f"{tmp_path}/nodes/$(NODE_NAME)"
+    # The simulated node's agent: the production agent, handed the simulation by its command.
+    assert shipped_pod["containers"][0]["command"] == ["qatvm", "agent"]
+    assert agent["command"] == ["qatvm", "simulation", "agent"]
     assert f"--host-root={root}" in agent["args"]
     assert f"--libvirt-uri=qatvm-test://{root}/hypervisor.xml" in agent["args"]
     # The node files are mounted at the same path as on the host, and nothing else of the host is.

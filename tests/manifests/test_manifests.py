@@ -33,9 +33,10 @@ from qatvm.agent.main import parse as parse_agent_args
 from qatvm.controlplane.binaries import binary
 from qatvm.controlplane.kubeconfig import write_kubeconfig
 from qatvm.controlplane.server import ControlPlane
-from qatvm.hypervisor import open_hypervisor
 from qatvm.kube import QatNodeResource, QatVirtualMachineResource, client
-from qatvm.node.sysfs import SIMULATION_MARKER, dev_root
+from qatvm.node.sysfs import dev_root
+from qatvm.simulation import SIMULATION_MARKER
+from qatvm.simulation.hypervisor import open_hypervisor
 from qatvm.paths import project_root
 from qatvm.testing.kubectl import Kubectl
 from qatvm.testing.cluster import eventually
@@ -337,6 +338,7 @@ def test_kind_overlay_points_only_the_agent_at_a_simulated_node(
 
     daemonset = find(kind_overlay, "DaemonSet", "qatvm-agent")
     agent = container(daemonset, "agent")
+    assert agent["command"] == ["qatvm", "simulation", "agent"]
     assert not agent["securityContext"]["privileged"]
     mounts = host_mounts(daemonset, "agent")
     assert set(mounts) == {"/var/lib/qatvm-sim"}

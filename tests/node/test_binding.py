@@ -19,7 +19,8 @@ from qatvm.node.binding import (
     VfBinder,
     VfioNotLoadedError,
 )
-from qatvm.node.sysfs import Sysfs, open_sysfs
+from qatvm.node.sysfs import Sysfs
+from qatvm.simulation import SimulatedSysfs
 
 MakeNode = Callable[..., Sysfs]
 VF = "0000:10:00.1"  # first VF of a gen4 PF
@@ -84,7 +85,7 @@ def test_release_restores_an_override_only_driver_after_a_restart(make_node: Mak
     VfBinder(sysfs, tmp_path / "state").bind_to_vfio(VF)
     assert driver(sysfs, VF) == "vfio-pci"
     # A new process, with nothing but the tree and the state directory.
-    VfBinder(open_sysfs(sysfs.root), tmp_path / "state").release(VF)
+    VfBinder(SimulatedSysfs(sysfs.root), tmp_path / "state").release(VF)
     assert driver(sysfs, VF) == "qat_vfio_pci"
     assert override(sysfs, VF) == "(null)"
 
@@ -122,7 +123,7 @@ def test_bind_finishes_a_bind_that_died_halfway(make_node: MakeNode, tmp_path: P
     sysfs.write("bus/pci/drivers/vfio-pci/unbind", OLD_VF)
     sysfs.write(f"bus/pci/devices/{OLD_VF}/driver_override", "d15xxvf")
     # ...and its successor is asked to bind again, then to release.
-    binder = VfBinder(open_sysfs(sysfs.root), tmp_path / "state")
+    binder = VfBinder(SimulatedSysfs(sysfs.root), tmp_path / "state")
     binder.bind_to_vfio(OLD_VF)
     assert (driver(sysfs, OLD_VF), override(sysfs, OLD_VF)) == ("vfio-pci", "(null)")
     binder.release(OLD_VF)
@@ -224,7 +225,7 @@ def test_concurrent_binds_on_one_node(make_node: MakeNode, tmp_path: Path) -> No
 
     def bind(address: str) -> None:
         try:
-            VfBinder(open_sysfs(sysfs.root), tmp_path / "state").bind_to_vfio(address)
+            VfBinder(SimulatedSysfs(sysfs.root), tmp_path / "state").bind_to_vfio(address)
         except BaseException as err:
             errors.append(err)
 

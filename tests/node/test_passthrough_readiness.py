@@ -9,6 +9,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from qatvm.domain.spec import VirtType
+from qatvm.hypervisor import open_hypervisor
 from qatvm.node.devices import ExtraVfId
 from qatvm.node.passthrough_readiness import Finding, HostPaths, check_readiness
 from qatvm.node.sysfs import Sysfs
@@ -23,7 +24,7 @@ def check(sysfs: Sysfs, *, uri: str = "test:///default", virt: VirtType = VirtTy
     if images:
         root.joinpath(*IMAGES.parts[1:]).mkdir(parents=True, exist_ok=True)
     paths = HostPaths(root, PurePosixPath("/var/lib/qatvm"), (IMAGES,))
-    findings = check_readiness(sysfs, paths, uri, virt, ExtraVfId.parse_list(extra))
+    findings = check_readiness(sysfs, paths, uri, open_hypervisor, virt, ExtraVfId.parse_list(extra))
     return {f.check: f for f in findings}
 
 

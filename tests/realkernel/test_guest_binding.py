@@ -13,9 +13,9 @@ EXTRA_VF_ID = "1b36:0010=qemu-nvme"
 DISCOVER = f"""
 from qatvm.node.devices import ExtraVfId
 from qatvm.node.discovery import discover
-from qatvm.node.sysfs import open_sysfs
+from qatvm.node.sysfs import HostSysfs
 def inventory(extra=({EXTRA_VF_ID!r},)):
-    return discover(open_sysfs(), [ExtraVfId.parse(e) for e in extra])
+    return discover(HostSysfs(), [ExtraVfId.parse(e) for e in extra])
 """
 
 # The state a VF is in, as the kernel shows it; `vfio` says whether its group's device node
@@ -78,10 +78,10 @@ import json, os
 from pathlib import Path
 from qatvm.api.base import ObjectRef
 from qatvm.node.binding import VfBinder
-from qatvm.node.sysfs import open_sysfs
+from qatvm.node.sysfs import HostSysfs
 vf, state_dir = {vf!r}, Path("/run/qatvm-binding")
 owner = ObjectRef(namespace="tenant", name="vm", uid="uid-1")
-binder = VfBinder(open_sysfs(), state_dir)
+binder = VfBinder(HostSysfs(), state_dir)
 steps = {{"before": kernel_state(vf)}}
 try:
     binder.bind_to_vfio(vf, owner)

@@ -19,10 +19,10 @@ from pathlib import Path
 from qatvm.node.binding import BindingError, VfBinder
 from qatvm.node.devices import ExtraVfId
 from qatvm.node.discovery import discover
-from qatvm.node.sysfs import open_sysfs
+from qatvm.node.sysfs import HostSysfs
 vf, state_dir = {vf!r}, Path("/run/qatvm-binding")
 dev = f"/sys/bus/pci/devices/{{vf}}"
-sysfs = open_sysfs()
+sysfs = HostSysfs()
 seen = {{"groups": os.listdir("/sys/kernel/iommu_groups"), "group_link": os.path.exists(f"{{dev}}/iommu_group")}}
 entry = next(v for v in discover(sysfs, [ExtraVfId.parse("1b36:0010")]).vfs if v.pci_address == vf)
 seen["inventory"] = {{"assignable": entry.assignable, "iommu_group": entry.iommu_group, "reason": entry.reason}}

@@ -18,8 +18,8 @@ from qatvm.api.base import ObjectRef
 from qatvm.domain import CpuMode, DomainSpec, VirtType, build_domain
 from qatvm.hypervisor import HypervisorError, open_hypervisor
 from qatvm.node.binding import VfBinder
-from qatvm.node.sysfs import open_sysfs
-binder = VfBinder(open_sysfs(), Path("/run/qatvm-binding"))
+from qatvm.node.sysfs import HostSysfs
+binder = VfBinder(HostSysfs(), Path("/run/qatvm-binding"))
 def spec(name, vf):
     disk = Path(f"/var/lib/libvirt/images/{name}.qcow2")
     disk.parent.mkdir(parents=True, exist_ok=True)

@@ -20,9 +20,9 @@ MakeNode = Callable[..., Sysfs]
 READ = """
 import json, os
 from qatvm.node.numa import read_numa_nodes
-from qatvm.node.sysfs import open_sysfs
+from qatvm.node.sysfs import HostSysfs
 root = "/sys/devices/system/node"
-nodes = read_numa_nodes(open_sysfs())
+nodes = read_numa_nodes(HostSysfs())
 print(json.dumps({
     "nodes": [{"id": n.id, "cpus": sorted(n.cpus), "memory": n.memory,
                "pools": {str(size): [p.total, p.free] for size, p in n.hugepages.items()}} for n in nodes],

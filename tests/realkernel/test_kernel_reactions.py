@@ -20,8 +20,8 @@ import kernel_reactions
 import pytest
 from guest_node import Node
 
-from qatvm.node.sysfs import Sysfs, open_sysfs
-from qatvm.simulation import HardwareProfile, generate
+from qatvm.node.sysfs import Sysfs
+from qatvm.simulation import HardwareProfile, SimulatedSysfs, generate
 
 pytestmark = pytest.mark.realkernel
 
@@ -36,7 +36,7 @@ def simulated_node(root: Path, iommu: bool) -> tuple[Sysfs, str, str]:
     nvme = {"vendor": "1b36", "device": "0010", "driver": "nvme", "vfs": 2, "total_vfs": 2,
             "vf_device": "0010", "vf_driver": "nvme"}
     generate(HardwareProfile.model_validate({"iommu": iommu, "nics": [nvme]}), root / "sys")
-    sysfs = open_sysfs(root / "sys")
+    sysfs = SimulatedSysfs(root / "sys")
     pf = next(d for d in sysfs.listdir("bus/pci/devices") if sysfs.exists(f"bus/pci/devices/{d}/sriov_totalvfs"))
     vf = sysfs.readlink(f"bus/pci/devices/{pf}/virtfn1")
     assert vf is not None
@@ -46,8 +46,8 @@ def simulated_node(root: Path, iommu: bool) -> tuple[Sysfs, str, str]:
 def real_observations(node: Node) -> Observations:
     # The second VF: the first one is the binding and libvirt tests'.
     code = (
-        "import json, kernel_reactions\nfrom qatvm.node.sysfs import open_sysfs\n"
-        f"print(json.dumps(kernel_reactions.observe(open_sysfs(), {node.pf!r}, {node.vfs[1]!r})))"
+        "import json, kernel_reactions\nfrom qatvm.node.sysfs import HostSysfs\n"
+        f"print(json.dumps(kernel_reactions.observe(HostSysfs(), {node.pf!r}, {node.vfs[1]!r})))"
     )
     result: Observations = node.json(code, timeout=120)
     return result
@@ -98,8 +98,8 @@ KNOWN_READ_DIFFERENCES: dict[str, str] = {}
 @pytest.fixture(scope="module")
 def attribute_reads(node: Node, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, str], dict[str, str]]:
     code = (
-        "import json, kernel_reactions\nfrom qatvm.node.sysfs import open_sysfs\n"
-        f"print(json.dumps(kernel_reactions.read_attributes(open_sysfs(), {node.pf!r}, {node.vfs[1]!r})))"
+        "import json, kernel_reactions\nfrom qatvm.node.sysfs import HostSysfs\n"
+        f"print(json.dumps(kernel_reactions.read_attributes(HostSysfs(), {node.pf!r}, {node.vfs[1]!r})))"
     )
     real = node.json(code)
     sysfs, pf, vf = simulated_node(tmp_path_factory.mktemp("sim-reads"), iommu=True)
@@ -143,8 +143,8 @@ def test_vfio_group_node_has_the_same_mode(node: Node, tmp_path: Path) -> None:
     design, a regular file with that mode (`Tree.vfio_node` says why). When it exists is
     compared by every scenario above; here, that it is root's alone to open."""
     real = node.json(
-        "import json, kernel_reactions, test_kernel_reactions\nfrom qatvm.node.sysfs import open_sysfs\n"
-        f"print(json.dumps(test_kernel_reactions.vfio_node(open_sysfs(), {node.vfs[1]!r})))"
+        "import json, kernel_reactions, test_kernel_reactions\nfrom qatvm.node.sysfs import HostSysfs\n"
+        f"print(json.dumps(test_kernel_reactions.vfio_node(HostSysfs(), {node.vfs[1]!r})))"
     )
     sysfs, _, vf = simulated_node(tmp_path, iommu=True)
     simulated = vfio_node(sysfs, vf)

@@ -12,8 +12,8 @@ import yaml
 from pydantic import ValidationError
 
 from qatvm.node.devices import GENERATIONS
-from qatvm.node.sysfs import SIMULATION_MARKER, HostSysfs, Sysfs, open_sysfs
-from qatvm.simulation import DEFAULT_PROFILE, HardwareProfile, generate, load_profile
+from qatvm.node.sysfs import Sysfs
+from qatvm.simulation import DEFAULT_PROFILE, HardwareProfile, SimulatedSysfs, generate, load_profile
 from qatvm.simulation.sysfs_cli import main as sysfs_main
 
 MakeNode = Callable[..., Sysfs]
@@ -178,13 +178,6 @@ def test_refuses_to_write_over_a_non_empty_directory(tmp_path: Path) -> None:
     assert (tmp_path / "sys" / "keep").read_text() == "x"
 
 
-def test_simulation_is_chosen_by_the_marker(tmp_path: Path) -> None:
-    generate(DEFAULT_PROFILE, tmp_path / "sys")
-    assert type(open_sysfs(tmp_path / "sys")).__name__ == "SimulatedSysfs"
-    (tmp_path / "sys" / SIMULATION_MARKER).unlink()
-    assert isinstance(open_sysfs(tmp_path / "sys"), HostSysfs)
-
-
 def test_profiles_load_from_yaml_and_json(tmp_path: Path) -> None:
     data = {"pfs": [{"generation": "420xx", "numa_node": 1, "vfs": 4}], "nics": [{"vfs": 2}]}
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(data))
@@ -199,7 +192,7 @@ def test_profiles_load_from_yaml_and_json(tmp_path: Path) -> None:
 def test_cli_writes_a_tree_from_a_profile_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "p.yaml").write_text("pfs:\n  - {generation: 402xx, vfs: 3}\n")
     assert sysfs_main(["--profile", str(tmp_path / "p.yaml"), "--root", str(tmp_path / "n" / "sys")]) == 0
-    sysfs = open_sysfs(tmp_path / "n" / "sys")
+    sysfs = SimulatedSysfs(tmp_path / "n" / "sys")
     assert sysfs.read("bus/pci/devices/0000:10:00.0/sriov_numvfs") == "3"
     assert sysfs_main(["--root", str(tmp_path / "n" / "sys")]) == 1
     assert "not empty" in capsys.readouterr().err

@@ -10,7 +10,8 @@ from collections.abc import Callable
 
 import pytest
 
-from qatvm.node.sysfs import Sysfs, open_sysfs
+from qatvm.node.sysfs import Sysfs
+from qatvm.simulation import SimulatedSysfs
 
 MakeNode = Callable[..., Sysfs]
 PF = "0000:10:00.0"  # first gen4 PF of a profile
@@ -310,7 +311,7 @@ def test_new_id_binds_matching_devices_and_survives_a_restart(gen4: Sysfs) -> No
     assert driver_links(gen4, "vfio-pci") == ["0000:10:00.1", "0000:10:00.2", "0000:10:00.3", "0000:10:00.4"]
     assert errno_of(gen4, "bus/pci/drivers/vfio-pci/new_id", "8086 4941") == errno.EEXIST
     # A new process opening the same tree finds the dynamic ID still there.
-    again = open_sysfs(gen4.root)
+    again = SimulatedSysfs(gen4.root)
     again.write("bus/pci/drivers/vfio-pci/unbind", VF)
     again.write("bus/pci/drivers_probe", VF)
     assert again.readlink(dev(VF, "driver")) == "vfio-pci"
@@ -327,7 +328,7 @@ def test_concurrent_writers_are_serialised(make_node: MakeNode) -> None:
     sysfs = make_node({"pfs": [{"generation": "4xxx", "vfs": 0}] * 6}, name="many")
     pfs = sysfs.listdir("bus/pci/devices")
     threads = [
-        threading.Thread(target=open_sysfs(sysfs.root).write, args=(dev(pf, "sriov_numvfs"), "16")) for pf in pfs
+        threading.Thread(target=SimulatedSysfs(sysfs.root).write, args=(dev(pf, "sriov_numvfs"), "16")) for pf in pfs
     ]
     for t in threads:
         t.start()

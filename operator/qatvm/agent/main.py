@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from qatvm import health, logs, metrics
 from qatvm.agent import handlers
+from qatvm.agent.access import HOST, NodeAccess
 from qatvm.agent.config import STATE_DIR, AgentConfig
 from qatvm.agent.service import NodeAgent
 from qatvm.api.cpulist import parse_cpulist
@@ -26,8 +27,8 @@ from qatvm.node.devices import ExtraVfId
 from qatvm.node.images import DEFAULT_IMAGE_DIR
 
 
-def parse(argv: list[str] | None) -> tuple[argparse.Namespace, AgentConfig]:
-    parser = argparse.ArgumentParser(prog="qatvm agent", description=__doc__)
+def parse(argv: list[str] | None, prog: str = "qatvm agent") -> tuple[argparse.Namespace, AgentConfig]:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
     parser.add_argument("--node", default=os.environ.get("NODE_NAME"), help="this node's name (default: $NODE_NAME)")
     parser.add_argument("--kubeconfig", type=Path, help="default: $KUBECONFIG, ~/.kube/config, or in-cluster")
     parser.add_argument("--host-root", type=Path, default=Path("/"),
@@ -85,10 +86,10 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, AgentConfig]:
     return args, config
 
 
-async def run(args: argparse.Namespace, config: AgentConfig) -> None:
+async def run(args: argparse.Namespace, config: AgentConfig, access: NodeAccess) -> None:
     kubeconfig = KubeConfig.from_file(str(args.kubeconfig)) if args.kubeconfig else KubeConfig.from_env()
     client = AsyncClient(config=kubeconfig, field_manager=f"qatvm-agent-{config.node}")
-    agent = NodeAgent(config, client, Writer(kubeconfig, f"qatvm-agent-{config.node}"))
+    agent = NodeAgent(config, client, Writer(kubeconfig, f"qatvm-agent-{config.node}"), access)
     async with health.serving(args.health_port), metrics.serving("agent", args.metrics_port, args.metrics_address):
         await kopf.operator(
             registry=handlers.registry,
@@ -99,12 +100,13 @@ async def run(args: argparse.Namespace, config: AgentConfig) -> None:
         )
 
 
-def main(argv: list[str] | None = None) -> int:
-    args, config = parse(argv)
+def main(argv: list[str] | None = None, access: NodeAccess = HOST, prog: str = "qatvm agent") -> int:
+    """The agent on the node `access` reaches: the host's own unless its caller hands in another."""
+    args, config = parse(argv, prog)
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = str(args.kubeconfig)
     logs.setup(args.verbose)
-    asyncio.run(run(args, config))
+    asyncio.run(run(args, config, access))
     return 0
 
 

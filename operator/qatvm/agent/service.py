@@ -31,6 +31,7 @@ from lightkube.core.exceptions import ApiError
 
 from qatvm import metrics
 from qatvm.agent import status as report
+from qatvm.agent.access import HOST, NodeAccess
 from qatvm.agent.config import AgentConfig
 from qatvm.agent.inventory import InventoryPublisher, scan
 from qatvm.agent.node_lease import NodeLease
@@ -42,11 +43,9 @@ from qatvm.api.cpulist import parse_cpulist
 from qatvm.api.qatnode import QatNodeStatus
 from qatvm.api.vm import FINALIZER, QatVirtualMachine
 from qatvm.events import EventRecorder
-from qatvm.hypervisor import open_hypervisor
 from qatvm.kube import QatVirtualMachineResource
 from qatvm.kube_writes import Writer
 from qatvm.node.binding import HeldByAnotherError, VfBinder
-from qatvm.node.sysfs import open_sysfs
 
 log = logging.getLogger(__name__)
 
@@ -60,16 +59,18 @@ T = TypeVar("T")
 
 
 class NodeAgent:
-    def __init__(self, config: AgentConfig, client: AsyncClient, writer: Writer, workers: int = 16) -> None:
+    def __init__(
+        self, config: AgentConfig, client: AsyncClient, writer: Writer, access: NodeAccess = HOST, workers: int = 16
+    ) -> None:
         self.config = config
         self.client = client  # reads: the audit's LIST, a suspect's GET
         self.writer = writer  # the writes of every pass
         self.events = EventRecorder(writer, f"qatvm-agent/{config.node}")
-        self.sysfs = open_sysfs(config.sysfs)
+        self.sysfs = access.sysfs(config.sysfs)
         self.reconciler = VmReconciler(
             config,
             VfBinder(self.sysfs, config.state_dir / "binding"),
-            open_hypervisor(config.libvirt_uri),
+            access.hypervisor(config.libvirt_uri),
         )
         self.publisher = InventoryPublisher(config, client, writer)
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="node-work")

@@ -6,6 +6,10 @@ to its Node like every other agent. Nothing starts until the preflight checks pa
 cluster stops (`qatvm local down`), the host is given back: its qatvm domains are destroyed and
 undefined and every VF returns to the driver it had, so the machine is as it was; the VMs stay
 in the API, and the next `up` starts them again.
+
+The host is reached as the kernel's own files and libvirt (`qatvm.agent.access.HOST`). Only tests,
+which have no QAT part, make the "host" a simulated node's root; they say so with the hidden
+flag `--simulated-host`, and get the simulation's agent and access like a simulated node.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from lightkube import Client
 from lightkube.models.meta_v1 import ObjectMeta
@@ -27,11 +32,14 @@ from qatvm.api.cpulist import parse_cpulist
 from qatvm.api.quantity import parse_bytes
 from qatvm.domain.spec import CpuMode, VirtType
 from qatvm.local.credentials import AGENT_SA, service_account_kubeconfig
+from qatvm.local.nodes import AGENT as SIMULATED_AGENT
 from qatvm.node.devices import ExtraVfId
 from qatvm.node.images import DEFAULT_IMAGE_DIR
 from qatvm.node.passthrough_readiness import Finding, HostPaths, check_readiness
-from qatvm.node.sysfs import open_sysfs
 from qatvm.processes import ManagedProcess
+
+if TYPE_CHECKING:
+    from qatvm.agent.access import NodeAccess
 
 # A Node name is a DNS subdomain (RFC 1123), lower case.
 NODE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -48,8 +56,9 @@ class HostNode(BaseModel):
     # Node paths, as the agent's flags take them.
     state_dir: PurePosixPath = STATE_DIR
     image_dir: PurePosixPath = DEFAULT_IMAGE_DIR
-    # `/` on a real machine; a simulated node's root in tests.
+    # `/` on a real machine; a simulated node's root in tests, which also set `simulated`.
     host_root: Path = Path("/")
+    simulated: bool = False
     # What the host keeps for itself, as the agent's flags take it; None: the agent's defaults.
     reserved_cpus: str | None = None
     reserved_memory: str | None = None
@@ -61,17 +70,31 @@ class HostNode(BaseModel):
             "--cpu-mode", self.cpu_mode.value, "--extra-vf-ids", self.extra_vf_ids,
             "--agent-state-dir", str(self.state_dir), "--image-dir", str(self.image_dir),
             "--host-root", str(self.host_root), *self._reservation(),
+            *(["--simulated-host"] if self.simulated else []),
         ]
+
+    def access(self) -> NodeAccess:
+        # Imported here: only the checks and a stopping host node need libvirt in the supervisor,
+        # and a real host never loads the simulation.
+        if self.simulated:
+            from qatvm.simulation.access import SIMULATED
+
+            return SIMULATED
+        from qatvm.agent.access import HOST
+
+        return HOST
 
     def _reservation(self) -> list[str]:
         flags = [("--reserved-cpus", self.reserved_cpus), ("--reserved-memory", self.reserved_memory)]
         return [part for flag, value in flags if value is not None for part in (flag, value)]
 
     def preflight(self) -> list[Finding]:
+        access = self.access()
         return check_readiness(
-            open_sysfs(self.host_root / "sys"),
+            access.sysfs(self.host_root / "sys"),
             HostPaths(self.host_root, self.state_dir, (self.image_dir,)),
             self.libvirt_uri,
+            access.hypervisor,
             self.virt_type,
             ExtraVfId.parse_list(self.extra_vf_ids),
         )
@@ -92,7 +115,8 @@ class HostNode(BaseModel):
         return ManagedProcess(
             f"agent-{self.name}",
             [
-                sys.executable, "-m", "qatvm", "agent", "--node", self.name, "--kubeconfig", kubeconfig,
+                sys.executable, "-m", "qatvm", *(SIMULATED_AGENT if self.simulated else ["agent"]),
+                "--node", self.name, "--kubeconfig", kubeconfig,
                 "--host-root", self.host_root, "--libvirt-uri", self.libvirt_uri,
                 "--virt-type", self.virt_type.value, "--cpu-mode", self.cpu_mode.value,
                 "--extra-vf-ids", self.extra_vf_ids, "--state-dir", str(self.state_dir),
@@ -106,17 +130,16 @@ class HostNode(BaseModel):
 
         The VMs' disks stay in the agent's state directory, so the next `up` starts them again
         from where they were."""
-        # Imported here: only a stopping host node needs libvirt in the supervisor.
-        from qatvm.hypervisor import open_hypervisor
         from qatvm.node.binding import VfBinder
 
+        access = self.access()
         done = []
-        with open_hypervisor(self.libvirt_uri) as hypervisor:
+        with access.hypervisor(self.libvirt_uri) as hypervisor:
             for domain in hypervisor.owned_domains():
                 hypervisor.destroy(domain.name)
                 hypervisor.undefine(domain.name)
                 done.append(f"removed domain {domain.name} of {domain.owner.namespace}/{domain.owner.name}")
-        binder = VfBinder(open_sysfs(self.host_root / "sys"), self.host_root.joinpath(*self.state_dir.parts[1:], "binding"))
+        binder = VfBinder(access.sysfs(self.host_root / "sys"), self.host_root.joinpath(*self.state_dir.parts[1:], "binding"))
         for address in binder.held():
             binder.release(address)
             done.append(f"gave VF {address} back")
@@ -144,11 +167,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--reserved-memory", metavar="QUANTITY",
                        help="memory kept for the host on each NUMA node (default: 1Gi)")
     group.add_argument("--host-root", type=Path, help=argparse.SUPPRESS)
+    group.add_argument("--simulated-host", action="store_true", default=None, help=argparse.SUPPRESS)
 
 
 HOST_ONLY = (
     "libvirt_uri", "virt_type", "cpu_mode", "extra_vf_ids", "agent_state_dir", "image_dir", "reserved_cpus",
-    "reserved_memory", "host_root",
+    "reserved_memory", "host_root", "simulated_host",
 )
 
 
@@ -179,5 +203,6 @@ def from_args(parser: argparse.ArgumentParser, args: argparse.Namespace, simulat
         "libvirt_uri": args.libvirt_uri, "virt_type": args.virt_type, "cpu_mode": args.cpu_mode,
         "extra_vf_ids": args.extra_vf_ids, "state_dir": args.agent_state_dir, "image_dir": args.image_dir,
         "host_root": args.host_root, "reserved_cpus": args.reserved_cpus, "reserved_memory": args.reserved_memory,
+        "simulated": args.simulated_host,
     }
     return HostNode(name=args.host_node, **{k: v for k, v in given.items() if v is not None})

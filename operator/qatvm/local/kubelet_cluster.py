@@ -3,8 +3,9 @@
 The control plane also runs a scheduler and the controllers pods need; each node is a
 RealNode (kubelet_nodes.py). The controller Deployment and the agent DaemonSet come from
 `kubectl apply -k` of an overlay of manifests/ that changes only where the agent finds its
-node's files (DIR/nodes/<node>/, at the same path in the pod as on the host, see node_init.py)
-and that its libvirt is the node's simulated one.
+node's files (DIR/nodes/<node>/, at the same path in the pod as on the host, see node_init.py),
+that its libvirt is the node's simulated one, and that the container runs the simulated node's
+agent (`qatvm simulation agent`) where the shipped manifest runs `qatvm agent`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from qatvm.controlplane.server import ControlPlane
 from qatvm.kube import QatNodeResource
 from qatvm.local.credentials import NAMESPACE
 from qatvm.local.kubelet_nodes import KubeletDialer, RealNode
-from qatvm.local.nodes import SimulatedNode
+from qatvm.local.nodes import AGENT, SimulatedNode
 from qatvm.paths import project_root
 from qatvm.testing.kubectl import Kubectl
 
@@ -38,6 +39,7 @@ def overlay(state_dir: Path) -> Path:
     root = f"{nodes}/$(NODE_NAME)"
     agent = "/spec/template/spec"
     patch = [
+        {"op": "replace", "path": f"{agent}/containers/0/command", "value": ["qatvm", *AGENT]},
         {
             "op": "replace",
             "path": f"{agent}/containers/0/args",
@@ -163,6 +165,7 @@ class KubeletCluster:
         roots = tuple(f":{node.cgroup_root}/".encode() for node in self.nodes)
         found: dict[str, int] = {}
         standby: list[int] = []
+        agent = [part.encode() for part in AGENT]
         for proc in Path("/proc").iterdir():
             if not proc.name.isdigit():
                 continue
@@ -178,7 +181,7 @@ class KubeletCluster:
                 )
             except OSError:
                 continue
-            if argv[2] == b"agent" and "NODE_NAME" in environ:
+            if argv[2 : 2 + len(agent)] == agent and "NODE_NAME" in environ:
                 found[f"agent-{environ['NODE_NAME']}"] = int(proc.name)
             elif argv[2] == b"controller" and "POD_NAME" in environ:
                 if environ["POD_NAME"] == leader:

@@ -6,6 +6,9 @@ and then changed only by the simulated kernel), `dev/vfio/`, `var/lib/qatvm/imag
 `/var/lib/qatvm/images/x` means `DIR/nodes/<node>/var/lib/qatvm/images/x`, and nothing outside
 `DIR/nodes/<node>/` is reachable as an image), `var/lib/qatvm/` (the agent's state) and `hypervisor.xml`
 (the node's libvirt test driver state, so domains outlive an agent restart).
+
+Its agent is `qatvm simulation agent` (`AGENT`): the production agent handed the simulation's
+sysfs and hypervisor, as a process or as the agent container's command on a real kubelet.
 """
 
 from __future__ import annotations
@@ -15,12 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qatvm.node.images import DEFAULT_IMAGE_DIR
-from qatvm.node.sysfs import SIMULATION_MARKER
-from qatvm.simulation import HardwareProfile, generate
+from qatvm.simulation import SIMULATION_MARKER, HardwareProfile, generate
 
 # In the agent's default image directory: the only place its VMs' images may come from.
 BASE_IMAGE = (DEFAULT_IMAGE_DIR / "base.qcow2").relative_to("/")
 BASE_IMAGE_SIZE = "64M"
+# The qatvm subcommand of a simulated node's agent.
+AGENT = ("simulation", "agent")
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from qatvm.local import host_node as host
 from qatvm.local.credentials import AGENT_SA, CONTROLLER_SA, NAMESPACE, apply_rbac, service_account_kubeconfig
 from qatvm.local.kubelet_cluster import KubeletCluster
 from qatvm.local.monitoring import Prometheus, Target
-from qatvm.local.nodes import SimulatedNode
+from qatvm.local.nodes import AGENT, SimulatedNode
 from qatvm.local.readiness import wait_for_admission, wait_for_leader
 from qatvm.local.state import ClusterState
 from qatvm.processes import ManagedProcess, free_port, wait_until
@@ -170,7 +170,7 @@ class Supervisor:
                 ManagedProcess(
                     f"agent-{node.name}",
                     [
-                        *python, "agent", "--node", node.name, "--kubeconfig", node.kubeconfig,
+                        *python, *AGENT, "--node", node.name, "--kubeconfig", node.kubeconfig,
                         "--host-root", node.root, "--libvirt-uri", node.libvirt_uri, "--scan-seconds", "2",
                         *AGENT_LEASE_ARGS,
                         *(_metrics_args(monitored.agents[index]) if monitored else []),

@@ -17,7 +17,7 @@ from qatvm.node.capacity import HostReservation, numa_capacity
 from qatvm.node.devices import ExtraVfId
 from qatvm.node.discovery import NodeInventory, discover
 from qatvm.node.numa import HostNumaNode, read_numa_nodes
-from qatvm.node.sysfs import DEFAULT_ROOT, open_sysfs
+from qatvm.node.sysfs import DEFAULT_ROOT, HostSysfs
 
 COLUMNS = ("PF", "VF", "GENERATION", "SERVICES", "NUMA", "IOMMU GROUP", "DRIVER", "ASSIGNABLE", "HEALTH")
 NUMA_COLUMNS = ("NUMA", "CPUS", "MEMORY", *(f"HUGEPAGES {size} FREE/TOTAL" for size in PageSize), "QAT VFS")
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.sysfs_root / "bus" / "pci" / "devices").is_dir():
         print(f"qatvm inventory: {args.sysfs_root} is not a sysfs with PCI devices", file=sys.stderr)
         return 2
-    sysfs = open_sysfs(args.sysfs_root)
+    sysfs = HostSysfs(args.sysfs_root)
     inventory = discover(sysfs, args.extra_vf_ids)
     numa = read_numa_nodes(sysfs)
     if args.output == "table":

@@ -8,14 +8,18 @@ instead of one agent error at a time. Only reads: nothing on the machine is chan
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from qatvm.domain.spec import VirtType
 from qatvm.node.devices import BY_PF_DEVICE, INTEL, VFIO_PCI, ExtraVfId
 from qatvm.node.discovery import DEVICES, discover
 from qatvm.node.sysfs import Sysfs
+
+if TYPE_CHECKING:
+    from qatvm.hypervisor import Hypervisor
 
 # How many unassignable VFs a finding names before it summarises.
 NAMED = 4
@@ -51,6 +55,7 @@ def check_readiness(
     sysfs: Sysfs,
     paths: HostPaths,
     libvirt_uri: str,
+    open_hypervisor: Callable[[str], Hypervisor],
     virt_type: VirtType,
     extra_vf_ids: Sequence[ExtraVfId] = (),
 ) -> list[Finding]:
@@ -59,7 +64,7 @@ def check_readiness(
         _iommu(sysfs),
         _vfio(sysfs),
         _vfs(sysfs, extra_vf_ids),
-        _libvirt(libvirt_uri),
+        _libvirt(libvirt_uri, open_hypervisor),
         *([_kvm(sysfs)] if virt_type is VirtType.KVM else []),
         _state_dir(paths),
         *(_image_dir(paths, d) for d in paths.image_dirs),
@@ -139,9 +144,9 @@ def _vfs(sysfs: Sysfs, extra_vf_ids: Sequence[ExtraVfId]) -> Finding:
     return Finding("VFs", True, detail + (f"; SR-IOV is still off on {', '.join(a for a, _ in off)}" if off else ""))
 
 
-def _libvirt(uri: str) -> Finding:
+def _libvirt(uri: str, open_hypervisor: Callable[[str], Hypervisor]) -> Finding:
     # Imported here: the other checks run on machines without libvirt's Python binding.
-    from qatvm.hypervisor import HypervisorError, open_hypervisor
+    from qatvm.hypervisor import HypervisorError
 
     try:
         open_hypervisor(uri).close()

@@ -1,9 +1,9 @@
 """The one door production code uses to reach sysfs, rooted anywhere.
 
-Paths are relative to the root (`bus/pci/devices/0000:6b:00.1/driver`). Two implementations
-exist: `HostSysfs`, plain file I/O for a real kernel, and the simulated kernel's (in
-`qatvm.simulation`), which also applies the kernel's reaction to each write. `open_sysfs`
-picks between them from what is on disk, so callers never know which one they hold.
+Paths are relative to the root (`bus/pci/devices/0000:6b:00.1/driver`). Production reaches the
+kernel's own through `HostSysfs`, plain file I/O. Code handed a `Sysfs` never knows which one it
+holds: the simulation (`qatvm.simulation`) has its own, whose writes get the kernel's reaction,
+and whoever runs code on a simulated node hands that one in.
 """
 
 from __future__ import annotations
@@ -14,9 +14,6 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 
 DEFAULT_ROOT = Path("/sys")
-# Written by the hardware generator at the root of every simulated tree; a real sysfs
-# cannot contain it (sysfs refuses to create files).
-SIMULATION_MARKER = ".qatvm-simulated"
 
 
 def dev_root(sysfs_root: Path) -> Path:
@@ -25,7 +22,7 @@ def dev_root(sysfs_root: Path) -> Path:
 
 
 class Sysfs(ABC):
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path = DEFAULT_ROOT) -> None:
         self.root = root
         # A string for the file operations: joining Paths was half the cost of an agent's scan.
         self._root = str(root)
@@ -72,13 +69,3 @@ class HostSysfs(Sysfs):
             os.write(fd, value.encode("ascii"))
         finally:
             os.close(fd)
-
-
-def open_sysfs(root: Path = DEFAULT_ROOT) -> Sysfs:
-    """The sysfs under `root`: simulated when the tree carries the simulation marker."""
-    if (root / SIMULATION_MARKER).exists():
-        # Imported here so a real node never loads the simulation.
-        from qatvm.simulation.kernel import SimulatedSysfs
-
-        return SimulatedSysfs(root)
-    return HostSysfs(root)

@@ -8,6 +8,7 @@ from qatvm.cli import dispatch
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "sysfs": ("qatvm.simulation.sysfs_cli", "write a simulated sysfs tree from a hardware profile"),
+    "agent": ("qatvm.simulation.agent", "run a node's agent on a simulated node (`qatvm agent`'s flags)"),
 }
 
 

@@ -20,11 +20,14 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from qatvm.node.devices import BY_PF_DEVICE, GENERATIONS, VFIO_DENYLIST_PARAM, VFIO_PCI, vfio_denylisted
-from qatvm.node.sysfs import SIMULATION_MARKER, Sysfs
+from qatvm.node.sysfs import Sysfs
 from qatvm.simulation.profile import HardwareProfile, check_services
 from qatvm.simulation.tree import NO_OVERRIDE, VFIO_GROUP_MODE, Tree, bdf, devfn_of
 
 PAGE_SIZE = 4096
+# The kernel's memory, at the root of every simulated tree; it also tells a generated tree from
+# an empty directory. A real sysfs cannot hold it (sysfs refuses to create files).
+SIMULATION_MARKER = ".qatvm-simulated"
 
 
 class KernelState(BaseModel):

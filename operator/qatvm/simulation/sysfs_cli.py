@@ -16,7 +16,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qatvm simulation sysfs",
         description="Generate a simulated node: ROOT becomes its /sys (and ROOT/../dev its /dev). "
-        "Point `qatvm inventory --sysfs-root ROOT` or an agent at it.",
+        "Point `qatvm inventory --sysfs-root ROOT` or `qatvm simulation agent --sysfs-root ROOT` at it.",
     )
     parser.add_argument("--profile", type=Path, help="hardware profile (YAML or JSON); default: two 4xxx PFs")
     parser.add_argument("--root", type=Path, help="directory to create (must be absent or empty)")

@@ -15,7 +15,7 @@ from qatvm.controlplane.server import AuditLog
 from qatvm.domain.models import Domain
 from qatvm.hypervisor import DomainState, open_hypervisor
 from qatvm.local.state import ClusterState
-from qatvm.node.sysfs import open_sysfs
+from qatvm.simulation import SimulatedSysfs
 from qatvm.testing.kubectl import Kubectl
 
 
@@ -33,7 +33,7 @@ class LocalNodes:
         return self.state_dir / "nodes" / node
 
     def driver(self, node: str, address: str) -> str | None:
-        return open_sysfs(self.root(node) / "sys").readlink(f"bus/pci/devices/{address}/driver")
+        return SimulatedSysfs(self.root(node) / "sys").readlink(f"bus/pci/devices/{address}/driver")
 
     def domains(self, node: str) -> dict[str, tuple[DomainState, Domain]]:
         # A plain test:/// connection reads the agent's file without ever writing it back.

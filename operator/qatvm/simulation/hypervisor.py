@@ -5,7 +5,8 @@ state only inside the process that opened it; a `test:///FILE` connection starts
 test-driver node description. This class opens FILE and, after every call that may change a
 domain, writes the domains back to it with their run state (`<test:runstate>`, read by the test
 driver's own parser), so the next agent process finds what the previous one left, as it would on a
-real host after a crash. Chosen by the URI scheme `qatvm-test:///ABSOLUTE/PATH.xml`.
+real host after a crash. `open_hypervisor` hands it out for the URI scheme
+`qatvm-test:///ABSOLUTE/PATH.xml`, which only the simulation knows.
 
 One process at a time per file: two connections on one file would each write their own view.
 """
@@ -15,15 +16,29 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
+from urllib.parse import urlsplit
 from xml.dom import minidom
 
 import libvirt
 
-from qatvm.hypervisor.connection import Hypervisor, open_connection
+from qatvm.hypervisor import ConnectionFailed, Hypervisor
+from qatvm.hypervisor import open_hypervisor as open_libvirt
+from qatvm.hypervisor.connection import open_connection
 from qatvm.hypervisor.errors import translate
 
 PERSISTENT_TEST_SCHEME = "qatvm-test"
 TEST_DRIVER_XMLNS = "http://libvirt.org/schemas/domain/test/1.0"
+
+
+def open_hypervisor(uri: str) -> Hypervisor:
+    """A simulated node's hypervisor: `qatvm-test:///PATH.xml`, whose domains outlive the process,
+    or any libvirt URI, opened as production opens it."""
+    parts = urlsplit(uri)
+    if parts.scheme != PERSISTENT_TEST_SCHEME:
+        return open_libvirt(uri)
+    if parts.netloc or not parts.path.startswith("/") or parts.query:
+        raise ConnectionFailed(f"{uri!r}: write {PERSISTENT_TEST_SCHEME}:///ABSOLUTE/PATH.xml")
+    return PersistentTestHypervisor(Path(parts.path))
 
 
 class PersistentTestHypervisor(Hypervisor):
