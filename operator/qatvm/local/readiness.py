@@ -3,7 +3,7 @@ returns is admitted and placed: admission policies in force, a controller leadin
 
 from __future__ import annotations
 
-import time
+from collections.abc import Callable
 
 from lightkube import Client
 from lightkube.core.exceptions import ApiError
@@ -13,6 +13,23 @@ from lightkube.resources.coordination_v1 import Lease
 from qatvm.api.vm import FINALIZER
 from qatvm.controller.leader import LEASE_NAME
 from qatvm.kube import QatVirtualMachineResource
+from qatvm.processes import wait_until
+
+
+def _wait(what: str, check: Callable[[], str | None], timeout: float, hint: str = "") -> None:
+    """Until `check` says nothing is missing (None); else it says what is, and so does the error."""
+    missing = "not asked yet"
+
+    def done() -> bool:
+        nonlocal missing
+        try:
+            missing = check()
+        except ApiError as error:
+            missing = str(error.status.message)
+        return missing is None
+
+    if not wait_until(done, timeout, interval=0.2):
+        raise TimeoutError(f"{what} after {timeout:.0f}s: {missing}{hint}")
 
 
 def wait_for_admission(kube: Client, timeout: float) -> None:
@@ -23,36 +40,26 @@ def wait_for_admission(kube: Client, timeout: float) -> None:
         metadata=ObjectMeta(name="qatvm-admission-probe", namespace="default"),
         spec={"memory": "256Mi", "qat": {"count": 1}, "image": {"path": "/var/lib/qatvm/images/probe.qcow2"}},
     )
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            created = kube.create(probe, dry_run=True)
-            if FINALIZER in (created.metadata.finalizers or [] if created.metadata else []):
-                return
-            why = f"a new VM does not get the finalizer {FINALIZER} yet"
-        except ApiError as error:
-            why = str(error.status.message)
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"the admission policies of manifests/ are not in force after {timeout:.0f}s: {why}")
-        time.sleep(0.2)
+
+    def finalized() -> str | None:
+        created = kube.create(probe, dry_run=True)
+        if FINALIZER in (created.metadata.finalizers or [] if created.metadata else []):
+            return None
+        return f"a new VM does not get the finalizer {FINALIZER} yet"
+
+    _wait("the admission policies of manifests/ are not in force", finalized, timeout)
 
 
-def wait_for_leader(kube: Client, namespace: str, timeout: float) -> str:
-    """Until a controller holds the lease; returns the holder. A controller answers its health
-    check (and its pod is Ready) before it has won the election, and a first attempt that fails
-    (the API server not yet reachable from a new pod) is retried only a few seconds later."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            holder = kube.get(Lease, LEASE_NAME, namespace=namespace).spec.holderIdentity
-            if holder:
-                return str(holder)
-            why = "the lease has no holder"
-        except ApiError as error:
-            why = str(error.status.message)
-        if time.monotonic() > deadline:
-            raise TimeoutError(
-                f"no controller leads after {timeout:.0f}s ({why}); the controller's log says why "
-                f"(kubectl logs -n {namespace} -l app.kubernetes.io/component=controller, or DIR/logs/controller.log)"
-            )
-        time.sleep(0.2)
+def wait_for_leader(kube: Client, namespace: str, timeout: float) -> None:
+    """Until a controller holds the lease. A controller answers its health check (and its pod is
+    Ready) before it has won the election, and a first attempt that fails (the API server not yet
+    reachable from a new pod) is retried only a few seconds later."""
+
+    def held() -> str | None:
+        lease = kube.get(Lease, LEASE_NAME, namespace=namespace)
+        return None if lease.spec and lease.spec.holderIdentity else "the lease has no holder"
+
+    _wait("no controller leads", held, timeout, hint=(
+        f"; the controller's log says why (kubectl logs -n {namespace} -l app.kubernetes.io/component=controller, "
+        "or DIR/logs/controller.log)"
+    ))
