@@ -20,7 +20,6 @@ when a deletion was missed (a restart, a re-list, a finalizer removed by force).
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -118,7 +117,8 @@ class NodeAgent:
                 return  # older than our own write, or its echo: what we hold is newer or the same
             if known is not None and known["metadata"].get("resourceVersion") == meta.get("resourceVersion"):
                 return
-            self.vms[uid] = copy.deepcopy(body)
+            # Kept, not copied: kopf parses every event afresh, and no pass changes a body in place.
+            self.vms[uid] = body
         if deleted or known is None or _placement(known) != _placement(body):
             self._dirty.set()  # who holds which VF may have changed: publish soon
         self.queue.add(uid)
