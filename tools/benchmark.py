@@ -305,7 +305,11 @@ async def observed_run(client: AsyncClient, namespace: str, count: int, work: Ca
 
 async def operator_run(client: AsyncClient, namespace: str, count: int, done: Callable[[dict[str, Any]], bool], label: str) -> Run:
     """Create VMs 32 at a time and watch until each is `done`."""
-    return await observed_run(client, namespace, count, lambda name: client.create(vm(name, namespace)), done, label)
+
+    async def create(name: str) -> None:
+        await client.create(vm(name, namespace))
+
+    return await observed_run(client, namespace, count, create, done, label)
 
 
 def placed(body: dict[str, Any]) -> bool:
