@@ -155,7 +155,7 @@ class Scheduler:
     async def schedule_pending(self) -> None:
         pending = self.picture.pending
         # Only the due are sorted: most waiting VMs have a write under way or a verdict that still
-        # holds, and every watch event wakes this loop (5000 such VMs: 2.8 ms a wake, now 1.2 ms).
+        # holds, and every watch event wakes this loop (5000 such VMs: 1.2 ms a wake, 2.8 ms sorting all).
         for uid in sorted([uid for uid in pending if self._due(uid)], key=lambda uid: _age(pending[uid])):
             if not self._due(uid):
                 continue
