@@ -16,7 +16,7 @@ import yaml
 from qatvm.agent.config import AgentConfig
 from qatvm.agent.vm_files import prepare_disks
 from qatvm.api.vm import QatVirtualMachine
-from qatvm.domain.disks import image_info
+from qatvm.domain.disks import Overlays, image_info
 from qatvm.node.images import ImageRefused
 
 BASE = "/var/lib/qatvm/images/base.qcow2"
@@ -63,7 +63,7 @@ def mode(path: Path) -> int:
 def test_a_vm_gets_its_overlay_and_seed_readable_only_by_root_and_qemu(config: AgentConfig) -> None:
     name = "web." + "x" * 80
     disk, seed = files(config, name)
-    prepare_disks(config.images, vm(name), disk, seed)
+    prepare_disks(config.images, Overlays(), vm(name), disk, seed)
     assert image_info(disk).backing_filename == str(config.host_root / BASE.lstrip("/"))
     assert image_info(disk).backing_format == "qcow2"
     assert (mode(disk), mode(seed)) == (0o600, 0o600)
@@ -76,16 +76,16 @@ def test_a_refused_image_leaves_no_files(config: AgentConfig) -> None:
     disk, seed = files(config, "thief")
     for path in ("/etc/shadow", "/var/lib/qatvm/images/../../../../etc/shadow"):
         with pytest.raises(ImageRefused, match="outside the image directories /var/lib/qatvm/images; put the image there"):
-            prepare_disks(config.images, vm("thief", path), disk, seed)
+            prepare_disks(config.images, Overlays(), vm("thief", path), disk, seed)
     assert not disk.parent.exists()
 
 
 def test_another_vms_overlay_is_no_image(config: AgentConfig) -> None:
     victim_disk, victim_seed = files(config, "victim")
-    prepare_disks(config.images, vm("victim"), victim_disk, victim_seed)
+    prepare_disks(config.images, Overlays(), vm("victim"), victim_disk, victim_seed)
     disk, seed = files(config, "thief")
     for stolen in (victim_disk, victim_seed):
         node_path = "/" + str(stolen.relative_to(config.host_root))
         with pytest.raises(ImageRefused, match=f"image.path {node_path} is outside the image directories"):
-            prepare_disks(config.images, vm("thief", node_path), disk, seed)
+            prepare_disks(config.images, Overlays(), vm("thief", node_path), disk, seed)
     assert not disk.exists()

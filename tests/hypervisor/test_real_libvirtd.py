@@ -22,7 +22,7 @@ import pytest
 
 from qatvm.domain import DomainSpec, build_domain
 from qatvm.domain.cloudinit import write_nocloud_iso
-from qatvm.domain.disks import ensure_overlay
+from qatvm.domain.disks import Overlays
 from qatvm.hypervisor import DomainState, PassthroughUnsupported, open_hypervisor
 from qatvm.processes import ManagedProcess, wait_until
 from qatvm.testing.installed import require_commands, require_paths
@@ -118,7 +118,7 @@ def _disk(libvirtd: Libvirtd, name: str) -> Path:
     if not base.exists():
         subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(base), "16M"], check=True)
     overlay = libvirtd.workdir / f"{name}.qcow2"
-    ensure_overlay(base, "raw", overlay)
+    Overlays().ensure(base, "raw", overlay)
     return overlay
 
 

@@ -28,6 +28,7 @@ from qatvm.agent.pinning import host_placement
 from qatvm.api.base import ObjectRef
 from qatvm.api.vm import DomainStatus, Phase, QatVirtualMachine
 from qatvm.domain.builder import build_domain
+from qatvm.domain.disks import Overlays
 from qatvm.domain.spec import DomainSpec
 from qatvm.hypervisor import DomainState, Hypervisor
 from qatvm.node.binding import VfBinder
@@ -66,8 +67,9 @@ class VmReconciler:
         self.binder = binder
         self.hypervisor = hypervisor
         self.sysfs_lock = threading.Lock()
-        # One policy for the agent's life: it remembers the image headers qemu-img has read.
+        # One of each for the agent's life: they remember what qemu-img read and wrote.
         self.images = config.images
+        self.overlays = Overlays()
 
     @property
     def vms_dir(self) -> Path:
@@ -148,7 +150,7 @@ class VmReconciler:
 
     def prepare_files(self, vm: QatVirtualMachine, spec: DomainSpec) -> None:
         """The overlay over the VM's image and its cloud-init seed, outside any lock."""
-        prepare_disks(self.images, vm, spec.disk, spec.cloud_init_iso)
+        prepare_disks(self.images, self.overlays, vm, spec.disk, spec.cloud_init_iso)
 
     def _clear_previous_owner(self, spec: DomainSpec) -> None:
         # The domain name comes from namespace and name; a domain of that name owned by another

@@ -17,20 +17,20 @@ from pathlib import Path
 
 from qatvm.api.vm import QatVirtualMachine
 from qatvm.domain.cloudinit import hostname_for, write_nocloud_iso
-from qatvm.domain.disks import ensure_overlay
+from qatvm.domain.disks import Overlays
 from qatvm.node.images import ImagePolicy
 
 DIR_MODE = 0o711
 
 
-def prepare_disks(images: ImagePolicy, vm: QatVirtualMachine, disk: Path, seed: Path | None) -> None:
+def prepare_disks(images: ImagePolicy, overlays: Overlays, vm: QatVirtualMachine, disk: Path, seed: Path | None) -> None:
     """Create (or keep) `disk` and write `seed`; raises ImageRefused for an image the VM may not use."""
     image = images.admit(vm.spec.image.path)
     for directory in (disk.parent.parent, disk.parent):
         directory.mkdir(parents=True, exist_ok=True)
         # mkdir's mode is cut by the umask, and a directory from an older agent was 0755.
         os.chmod(directory, DIR_MODE)
-    ensure_overlay(image.host_path, image.format, disk)
+    overlays.ensure(image.host_path, image.format, disk)
     user_data = vm.spec.cloud_init.user_data if vm.spec.cloud_init else None
     if seed is not None and user_data:
         write_nocloud_iso(seed, instance_id=vm.ref.uid, hostname=hostname_for(vm.ref.name), user_data=user_data)

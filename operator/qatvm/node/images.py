@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from qatvm.domain.disks import ImageInfo, image_info
+from qatvm.domain.disks import ImageInfo, file_identity, image_info
 
 ALLOWED_FORMATS = ("qcow2", "raw")
 DEFAULT_IMAGE_DIR = PurePosixPath("/var/lib/qatvm/images")
@@ -129,8 +129,7 @@ class ImagePolicy:
         return AdmittedImage(node_path=resolved, host_path=host_path, format=info.format)
 
     def _header(self, host_path: Path, fmt: str | None = None) -> ImageInfo:
-        seen = os.stat(host_path)
-        key = (str(host_path), fmt, seen.st_dev, seen.st_ino, seen.st_size, seen.st_mtime_ns, seen.st_ctime_ns)
+        key = (*file_identity(host_path), fmt)
         info = self._headers.get(key)
         if info is None:
             if len(self._headers) >= HEADERS_KEPT:
