@@ -17,6 +17,7 @@ from qatvm.kube_writes import Writer
 from qatvm.node.sysfs import Sysfs
 from qatvm.simulation import HardwareProfile, SimulatedSysfs, generate
 from qatvm.testing.kubectl import Kubectl
+from minute_watch import MinuteWatch
 
 
 @pytest.fixture(scope="session")
@@ -38,6 +39,20 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
 @pytest.fixture(scope="session")
 def kubectl(control_plane: ControlPlane) -> Kubectl:
     return Kubectl(control_plane.kubectl, control_plane.kubeconfig)
+
+
+@pytest.fixture(scope="session")
+def minute_watch(control_plane: ControlPlane, kubectl: Kubectl) -> MinuteWatch:
+    watch = MinuteWatch(control_plane, kubectl)
+    watch.start()
+    return watch
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _minute_watch_first(request: pytest.FixtureRequest) -> None:
+    """When a selected test takes the minute-long watch, it starts with the session."""
+    if any("minute_watch" in getattr(item, "fixturenames", ()) for item in request.session.items):
+        request.getfixturevalue("minute_watch")
 
 
 @pytest.fixture(scope="session")

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import ssl
-import threading
-import time
 import urllib.error
 import urllib.request
 from typing import Any
@@ -16,6 +13,7 @@ from qatvm.controlplane.kubeconfig import write_kubeconfig
 from qatvm.controlplane.server import ControlPlane
 from qatvm.processes import wait_until
 from qatvm.testing.kubectl import Kubectl
+from minute_watch import MinuteWatch
 
 
 def vm(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
@@ -61,37 +59,14 @@ def test_status_is_a_subresource(kubectl: Kubectl, namespace: str) -> None:
     assert kubectl.json("get", "qvm", "sub", "-n", namespace)["status"]["phase"] == "Running"
 
 
-def _watch(plane: ControlPlane, path: str, seconds: int) -> tuple[list[dict[str, Any]], float]:
-    url = f"{plane.server}{path}?watch=true&allowWatchBookmarks=true&timeoutSeconds={seconds}"
-    started = time.monotonic()
-    events = []
-    with urllib.request.urlopen(url, context=plane.ssl_context(), timeout=seconds + 30) as stream:
-        for line in stream:
-            events.append(json.loads(line))
-    return events, time.monotonic() - started
-
-
-def test_watch_with_bookmarks_stays_open_a_minute(
-    control_plane: ControlPlane, kubectl: Kubectl, namespace: str
-) -> None:
+def test_watch_with_bookmarks_stays_open_a_minute(minute_watch: MinuteWatch) -> None:
     """kopf watches with bookmarks; an etcd too old for progress requests breaks exactly this."""
-    path = f"/apis/qatvm.io/v1alpha1/namespaces/{namespace}/qatvirtualmachines"
-    result: dict[str, Any] = {}
-    def watch() -> None:
-        result["events"], result["seconds"] = _watch(control_plane, path, 65)
-
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    time.sleep(2)
-    kubectl.apply(vm("watched", namespace))
-    time.sleep(20)
-    kubectl.run("delete", "qvm", "watched", "-n", namespace)
-    watcher.join(120)
-    types = [event["type"] for event in result["events"]]
-    assert result["seconds"] >= 60, f"watch closed after {result['seconds']:.0f}s"
+    events, seconds = minute_watch.result()
+    types = [event["type"] for event in events]
+    assert seconds >= 60, f"watch closed after {seconds:.0f}s"
     assert "ADDED" in types and "DELETED" in types, types
     assert "BOOKMARK" in types, f"no bookmark in {types}"
-    assert "ERROR" not in types, result["events"]
+    assert "ERROR" not in types, events
 
 
 def test_service_account_token_is_limited_to_its_role(
