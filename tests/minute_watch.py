@@ -39,7 +39,9 @@ class MinuteWatch:
             "spec": {"qat": {"count": 1}, "image": {"path": "/images/base.qcow2"}},
         })
         # Deleted from a timer, so the tests that run meanwhile are not held up.
-        threading.Timer(20, self.kubectl.run, ("delete", "qvm", "watched", "-n", NAMESPACE)).start()
+        deletion = threading.Timer(20, self.kubectl.run, ("delete", "qvm", "watched", "-n", NAMESPACE))
+        deletion.daemon = True  # a session that ends sooner does not wait for it
+        deletion.start()
 
     def result(self) -> tuple[list[dict[str, Any]], float]:
         """The events and how long the watch stayed open, once it has ended."""

@@ -12,7 +12,7 @@ network mount) fails the VM with a message instead of blocking the agent.
 A new overlay holds nothing but its header and empty tables, and qemu-img writes the same bytes
 for the same base, format and size (no name, time or random id in a qcow2 file). So qemu-img
 creates the first overlay of a base and later ones are written from its bytes: a burst of VMs on
-one image costs one qemu-img process instead of one each (about 11 ms of CPU apiece).
+one image costs one qemu-img process instead of one each (9-11 ms of CPU apiece).
 """
 
 from __future__ import annotations
