@@ -26,6 +26,10 @@ from qatvm.node.capacity import HostReservation
 from qatvm.node.devices import ExtraVfId
 from qatvm.node.images import DEFAULT_IMAGE_DIR
 
+# One node's writes (its VMs' statuses, two Event senders, the QatNode) at once: the API server,
+# not the connection count, limits them, and every connection costs a TLS handshake on both sides.
+WRITE_CONNECTIONS = 4
+
 
 def parse(argv: list[str] | None, prog: str = "qatvm agent") -> tuple[argparse.Namespace, AgentConfig]:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__)
@@ -89,7 +93,7 @@ def parse(argv: list[str] | None, prog: str = "qatvm agent") -> tuple[argparse.N
 async def run(args: argparse.Namespace, config: AgentConfig, access: NodeAccess) -> None:
     kubeconfig = KubeConfig.from_file(str(args.kubeconfig)) if args.kubeconfig else KubeConfig.from_env()
     client = AsyncClient(config=kubeconfig, field_manager=f"qatvm-agent-{config.node}")
-    agent = NodeAgent(config, client, Writer(kubeconfig, f"qatvm-agent-{config.node}"), access)
+    agent = NodeAgent(config, client, Writer(kubeconfig, f"qatvm-agent-{config.node}", connections=WRITE_CONNECTIONS), access)
     async with health.serving(args.health_port), metrics.serving("agent", args.metrics_port, args.metrics_address):
         await kopf.operator(
             registry=handlers.registry,

@@ -81,6 +81,10 @@ class NodeAgent:
         self.queue = KeyedQueue(self.reconcile, concurrency=4 * workers)
         # The VMs placed on this node, as last seen alive, by UID.
         self.vms: dict[str, dict[str, Any]] = {}
+        # Each of those bodies parsed, while it is the one held: passes, scans and health checks
+        # all read them, and parsing every VM of the node for each of those was a tenth of the
+        # agent's CPU in a burst.
+        self._models: dict[str, tuple[dict[str, Any], QatVirtualMachine]] = {}
         # The resourceVersion of our own last write to a VM while the watch has not yet brought
         # its echo: the watch delivers in order, so every event before the echo is older than
         # what we hold, and taking it would make the next pass write from a stale copy (a 409).
@@ -106,7 +110,7 @@ class NodeAgent:
         uid = meta["uid"]
         known = self.vms.get(uid)
         if deleted:
-            self.vms.pop(uid, None)
+            self._drop(uid)
             self.ahead.pop(uid, None)
             self.suspects[uid] = _ref(body)
         else:
@@ -131,7 +135,7 @@ class NodeAgent:
             ref = self.suspects.pop(uid)
             body = await self._confirm(uid, ref)
             if body is None:
-                self.vms.pop(uid, None)
+                self._drop(uid)
                 await self._clean_up_vanished(uid, ref)
                 return None
             self.vms[uid] = body
@@ -139,7 +143,7 @@ class NodeAgent:
         body = self.vms.get(uid)
         if body is None:
             return None
-        vm = QatVirtualMachine.model_validate(body)
+        vm = self._model(uid, body)
         if vm.status.node_name != self.config.node:
             return None
         try:
@@ -160,7 +164,7 @@ class NodeAgent:
 
     def dedicated_cpus(self) -> frozenset[int]:
         """Every CPU a VM on this node holds as dedicated: the shared ones are the rest."""
-        held = (QatVirtualMachine.model_validate(body).status.resources for body in self.vms.values())
+        held = (vm.status.resources for vm in self._placed())
         return frozenset().union(*(parse_cpulist(r.cpus) for r in held if r is not None and r.dedicated and r.cpus))
 
     async def _converge(self, vm: QatVirtualMachine) -> float | None:
@@ -216,10 +220,10 @@ class NodeAgent:
         controller has marked them unreachable), else for those still marked so (the controller
         may have marked one on a lease it read just before this renewal). A pass writes the VM's
         status where it differs from what the node has; nothing else would say they are fine."""
-        for uid, body in list(self.vms.items()):
-            ready = QatVirtualMachine.model_validate(body).status.condition(READY)
+        for vm in self._placed():
+            ready = vm.status.condition(READY)
             if everything or (ready is not None and ready.reason == NODE_UNREACHABLE):
-                self.queue.add(uid)
+                self.queue.add(vm.ref.uid)
 
     async def _finish_deletion(self, vm: QatVirtualMachine) -> float | None:
         uid = vm.ref.uid
@@ -279,10 +283,26 @@ class NodeAgent:
 
     def _remember(self, body: dict[str, Any]) -> QatVirtualMachine:
         uid = body["metadata"]["uid"]
-        if uid in self.vms:
-            self.vms[uid] = body
-            self.ahead[uid] = body["metadata"]["resourceVersion"]
-        return QatVirtualMachine.model_validate(body)
+        if uid not in self.vms:
+            return QatVirtualMachine.model_validate(body)
+        self.vms[uid] = body
+        self.ahead[uid] = body["metadata"]["resourceVersion"]
+        return self._model(uid, body)
+
+    def _model(self, uid: str, body: dict[str, Any]) -> QatVirtualMachine:
+        """`body`, held in `vms` under `uid`, parsed once. Bodies are replaced, never changed in
+        place, so the same object means the same VM."""
+        known = self._models.get(uid)
+        if known is None or known[0] is not body:
+            known = self._models[uid] = (body, QatVirtualMachine.model_validate(body))
+        return known[1]
+
+    def _placed(self) -> list[QatVirtualMachine]:
+        return [self._model(uid, body) for uid, body in list(self.vms.items())]
+
+    def _drop(self, uid: str) -> None:
+        self.vms.pop(uid, None)
+        self._models.pop(uid, None)
 
     # -- the node's holdings against the API ---------------------------------------------------
 
@@ -329,8 +349,9 @@ class NodeAgent:
         """Scan and publish. `allocatedTo` is the node's word: a VF is held by the VM placed here
         that names it and, over that, by the VM its binding record names, until it is back with
         its host driver."""
-        placed = {d.pci_address: ref for body in self.vms.values() for ref, d in _devices(body)}
-        allocations = [held for body in self.vms.values() if (held := QatVirtualMachine.model_validate(body).status.resources)]
+        vms = self._placed()
+        placed = {d.pci_address: vm.ref for vm in vms for d in vm.status.devices}
+        allocations = [held for vm in vms if (held := vm.status.resources)]
 
         def read() -> QatNodeStatus:
             with self.reconciler.sysfs_lock:
@@ -392,8 +413,9 @@ class NodeAgent:
 
     def _check_health(self, status: QatNodeStatus) -> None:
         present = {vf.pci_address: vf for vf in status.vfs}
-        for uid, body in self.vms.items():
-            addresses = [d.pci_address for _, d in _devices(body)]
+        for vm in self._placed():
+            uid = vm.ref.uid
+            addresses = [d.pci_address for d in vm.status.devices]
             health = report.DeviceHealth(
                 missing=tuple(a for a in addresses if a not in present),
                 unhealthy=tuple(a for a in addresses if a in present and not present[a].healthy),
@@ -442,10 +464,6 @@ def _placement(body: dict[str, Any]) -> tuple[Any, Any]:
     return status.get("nodeName"), status.get("devices")
 
 
-def _devices(body: dict[str, Any]) -> list[tuple[ObjectRef, Any]]:
-    vm = QatVirtualMachine.model_validate(body)
-    return [(vm.ref, d) for d in vm.status.devices]
-
-
 def _event_body(vm: QatVirtualMachine) -> dict[str, Any]:
-    return vm.model_dump(by_alias=True, mode="json")
+    """What an Event names of its VM (kind, name, UID, version), without dumping the whole model."""
+    return {"apiVersion": vm.api_version, "kind": vm.kind, "metadata": vm.metadata}
