@@ -11,6 +11,10 @@ Starts its own local clusters and prints, in one run:
 - each bare client twice: alone, and timed as qatvm is, by the benchmark's watch seeing each VM
   done (that watch is the benchmark's, not the operator's: the API server sends it an event per
   write and the benchmark parses each, so the second run carries the same observer);
+- in each phase, qatvm's own writes sent by a bare client: the statuses one VM got from the
+  operator, at their size, and its Events, copied for every VM. No operator that makes these
+  writes can be faster on this API server, so its rate against the bare client's is the highest
+  ratio within reach;
 - the writes each VM cost (from the API server's audit log), the controller's and agents'
   resident memory and CPU seconds, idle CPU, and the controller's memory holding many VMs.
 Prints numbers; asserts nothing (targets live in the README and the issues, and a loaded
@@ -207,17 +211,95 @@ class Run:
         return f"{self.label}: {self.count} VMs in {self.seconds:.1f}s = {self.rate:.1f} VMs/s; p50 {p50:.2f}s p99 {p99:.2f}s"
 
 
+@dataclass
+class Writes:
+    """What the operator wrote for one VM: each status write (as the merge patch it amounts to)
+    and each Event (without its name and the VM it names)."""
+
+    statuses: list[dict[str, Any]]
+    events: list[dict[str, Any]]
+
+
+async def qatvm_writes(client: AsyncClient, namespace: str, done: Callable[[dict[str, Any]], bool]) -> Writes:
+    """One VM through qatvm, watched until `done`: the status after each of the operator's writes
+    (one watch event each) and the Events it got."""
+    await ensure_namespace(client, namespace)
+    seen: list[dict[str, Any]] = []
+
+    async def watch() -> None:
+        async for _, item in client.watch(QatVirtualMachineResource, namespace=namespace, fields={"metadata.name": "template"}):
+            body = item.to_dict()
+            status = body.get("status") or {}
+            if status and (not seen or seen[-1] != status):
+                seen.append(status)
+            if done(body):
+                return
+
+    watcher = asyncio.create_task(watch())
+    await asyncio.sleep(0.5)  # the watch is open before the create
+    await client.create(vm("template", namespace))
+    await asyncio.wait_for(watcher, timeout=120)
+    await events_sent(client, namespace)
+    patches = [seen[0], *({k: after.get(k) for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
+                          for before, after in zip(seen, seen[1:]))]
+    for patch in patches:
+        if patch.get("nodeName"):
+            # A node of the same length that does not exist: the resumed operator must not act on
+            # these VMs (see bare_run).
+            patch["nodeName"] = "z" * len(patch["nodeName"])
+    events = [
+        {"type": e.type, "reason": e.reason, "message": e.message, "source": e.source.to_dict() if e.source else None}
+        async for e in client.list(Event, namespace=namespace)
+    ]
+    return Writes(patches, events)
+
+
+def _count(items: list[Any], noun: str) -> str:
+    return f"{len(items)} {noun}{'' if len(items) == 1 else 's'}"
+
+
 async def bare(client: AsyncClient, namespace: str, count: int, status_writes: list[dict[str, Any]],
-               done: Callable[[dict[str, Any]], bool] | None) -> Run:
-    """What the operator's work costs at the least: create, then the status writes, nothing else.
-    With `done`, timed as qatvm is: by the benchmark's watch seeing each VM `done`."""
-    label = f"bare client ({1 + len(status_writes)} writes per VM)"
+               done: Callable[[dict[str, Any]], bool] | None, events: list[dict[str, Any]] | None = None) -> Run:
+    """What the operator's work costs at the least: create, then the status writes, nothing else;
+    with `events`, those Events too. With `done`, timed as qatvm is: by the benchmark's watch
+    seeing each VM `done`."""
+    label = (f"bare client ({1 + len(status_writes)} writes per VM)" if events is None else
+             f"qatvm's writes by a bare client (create, {_count(status_writes, 'status write')}, {_count(events, 'Event')})")
+
+    # As the operator sends them: queued, behind the writes that carry state, by two senders
+    # (qatvm.events.SENDERS); the run waits for the last one.
+    unsent: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    async def send() -> None:
+        while True:
+            event = await unsent.get()
+            try:
+                await client.create(Event.from_dict(event))
+            finally:
+                unsent.task_done()
 
     async def writes(name: str) -> None:
-        await client.create(vm(name, namespace))
+        made = (await client.create(vm(name, namespace))).metadata
+        assert made is not None
         for status in status_writes:
             await client.patch(QatVirtualMachineResource.Status, name, {"status": status}, namespace=namespace, patch_type=PatchType.MERGE)
+        for event in events or []:
+            now = datetime.datetime.now(datetime.UTC).isoformat()
+            unsent.put_nowait({
+                **event, "metadata": {"generateName": f"{name}.", "namespace": namespace},
+                "involvedObject": {"apiVersion": "qatvm.io/v1alpha1", "kind": "QatVirtualMachine", "name": name,
+                                   "namespace": namespace, "uid": made.uid, "resourceVersion": made.resourceVersion},
+                "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+            })
 
+    if events:
+        assert done is not None, "qatvm's writes are timed by the watch, as qatvm is"
+        senders = [asyncio.create_task(send()) for _ in range(2)]
+        run = await observed_run(client, namespace, count, writes, done, f"{label}, timed by the same watch")
+        await unsent.join()
+        for sender in senders:
+            sender.cancel()
+        return run
     if done is not None:
         return await observed_run(client, namespace, count, writes, done, f"{label}, timed by the same watch")
     await ensure_namespace(client, namespace)
@@ -234,11 +316,12 @@ async def bare(client: AsyncClient, namespace: str, count: int, status_writes: l
 
 
 async def bare_run(cluster: Cluster, client: AsyncClient, paused_pids: list[int], namespace: str, count: int,
-                   status_writes: list[dict[str, Any]], done: Callable[[dict[str, Any]], bool] | None = None) -> Run:
+                   status_writes: list[dict[str, Any]], done: Callable[[dict[str, Any]], bool] | None = None,
+                   events: list[dict[str, Any]] | None = None) -> Run:
     """The bare client's run with the operator paused, printed with what it cost the API server."""
     with paused(paused_pids):
         api0 = cluster.api_cpu()
-        run = await bare(client, namespace, count, status_writes, done)
+        run = await bare(client, namespace, count, status_writes, done, events)
         print(f"{run.line()}; API server + etcd CPU {cluster.api_cpu() - api0:.1f}s")
         # They name a node that does not exist: left in place, the operator would take it for a
         # lost node and write to them while it is being measured. No agent will let them go, so
@@ -260,9 +343,18 @@ async def bare_runs(cluster: Cluster, client: AsyncClient, paused_pids: list[int
     return alone, watched
 
 
-def ratios(run: Run, alone: Run, watched: Run) -> str:
+async def ceiling_run(cluster: Cluster, client: AsyncClient, paused_pids: list[int], namespace: str, count: int,
+                      done: Callable[[dict[str, Any]], bool]) -> Run:
+    """qatvm's writes for one VM (learnt from a VM the operator takes through) sent for `count`
+    VMs by the bare client, timed by the same watch, with the operator paused."""
+    writes = await qatvm_writes(client, f"{namespace}-template", done)
+    return await bare_run(cluster, client, paused_pids, namespace, count, writes.statuses, done, writes.events)
+
+
+def ratios(run: Run, alone: Run, watched: Run, ceiling: Run) -> str:
     return (f"ratio qatvm/bare: {run.rate / watched.rate:.2f} against the bare client timed by the same watch, "
-            f"{run.rate / alone.rate:.2f} against it alone")
+            f"{run.rate / alone.rate:.2f} against it alone; within reach: {ceiling.rate / watched.rate:.2f} "
+            f"(qatvm's own writes by the bare client), of which qatvm reached {run.rate / ceiling.rate:.2f}")
 
 
 async def observed_run(client: AsyncClient, namespace: str, count: int, work: Callable[[str], Awaitable[None]],
@@ -416,12 +508,14 @@ async def placement_phase(cluster: Cluster, nodes: int, vfs: int, vms: int, memo
     alone, watched = await bare_runs(cluster, client, cluster.pids("controller"), "bare-placement", vms,
                                      [{"nodeName": "bare", "devices": [{"pciAddress": "0000:00:00.0"}]}], placed)
     await wait_placing(client, "bench-warm")
+    ceiling = await ceiling_run(cluster, client, cluster.pids("controller"), "ceiling-placement", vms, placed)
+    await wait_placing(client, "bench-warm-again")
     await settled(cluster)
     rss0, cpu0 = cluster.usage("controller")
     api0 = cluster.api_cpu()
     run = await operator_run(client, "bench-placement", vms, placed, "qatvm create-to-placed")
     print(f"{run.line()}; API server + etcd CPU {cluster.api_cpu() - api0:.1f}s")
-    print(f"{ratios(run, alone, watched)} (target >= 0.8; p99 target < 2 s)")
+    print(f"{ratios(run, alone, watched, ceiling)} (target >= 0.8; p99 target < 2 s)")
     print(f"the last Event followed {await events_sent(client, 'bench-placement'):.1f}s after the last placement")
     rss1, cpu1 = cluster.usage("controller")  # the Events' CPU included
     print(writes_per_vm(cluster, "bench-placement", run))
@@ -446,12 +540,14 @@ async def end_to_end_phase(cluster: Cluster, vms: int) -> None:
         {"phase": "Running", "observedGeneration": 1},
     ], running)
     await wait_placing(client, "bench-warm")
+    ceiling = await ceiling_run(cluster, client, operator_pids, "ceiling-e2e", vms, running)
+    await wait_placing(client, "bench-warm-again")
     await settled(cluster)
     before = {p: cluster.usage(p) for p in ("controller", "agent-")}
     api0 = cluster.api_cpu()
     run = await operator_run(client, "bench-e2e", vms, ready, "qatvm apply-to-Ready")
     print(f"{run.line()}; API server + etcd CPU {cluster.api_cpu() - api0:.1f}s")
-    print(f"{ratios(run, alone, watched)} (target >= 0.6; p99 target < 3 s)")
+    print(f"{ratios(run, alone, watched, ceiling)} (target >= 0.6; p99 target < 3 s)")
     print(f"the last Event followed {await events_sent(client, 'bench-e2e'):.1f}s after the last VM was Ready")
     after = {p: cluster.usage(p) for p in ("controller", "agent-")}  # the Events' CPU included
     print(writes_per_vm(cluster, "bench-e2e", run))
