@@ -3,7 +3,10 @@ rotated service-account token."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from lightkube import KubeConfig
@@ -43,6 +46,41 @@ async def test_patches_land_as_the_field_manager_and_a_stale_version_is_refused_
     with pytest.raises(ApiError) as missing:
         await writer.patch_vm(namespace, "nobody", {"status": {"phase": "Running"}}, status=True)
     assert missing.value.status.code == 404
+
+
+def _connections_to(port: int) -> int:
+    """This process's established TCP connections to `port`, as the kernel lists them."""
+    mine = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            mine.add(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            continue  # closed meanwhile
+    count = 0
+    for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            remote, state, inode = fields[2], fields[3], fields[9]
+            count += int(remote.rsplit(":", 1)[1], 16) == port and state == "01" and f"socket:[{inode}]" in mine
+    return count
+
+
+async def test_writes_at_once_share_no_more_than_the_writers_connections(
+    control_plane: ControlPlane, kubectl: Kubectl, namespace: str
+) -> None:
+    kubectl.apply(_vm(namespace, "w"))
+    port = urlsplit(control_plane.server).port
+    assert port is not None
+    before = _connections_to(port)
+    writer = Writer(KubeConfig.from_file(str(control_plane.kubeconfig)), "qatvm-test", connections=2)
+    try:
+        for phase in ("Pending", "Scheduled"):  # two bursts, 16 writes at once each
+            await asyncio.gather(*(
+                writer.patch_vm(namespace, "w", {"status": {"phase": phase, "observedGeneration": i}}, status=True) for i in range(16)
+            ))
+            assert _connections_to(port) - before == 2  # the default (100) would open one per write
+    finally:
+        await writer.close()
 
 
 async def test_an_event_is_created(writer: Writer, kubectl: Kubectl, namespace: str) -> None:
