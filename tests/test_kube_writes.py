@@ -119,3 +119,27 @@ async def test_a_rotated_token_file_is_read_again_after_a_401(
         assert labelled["metadata"]["labels"] == {"a": "b"}
     finally:
         await writer.close()
+
+
+async def test_a_server_that_never_answers_fails_the_write_after_the_timeout() -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # takes the request, answers nothing, until the client gives up
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    config = KubeConfig.from_dict({
+        "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+        "current-context": "x",
+    })
+    writer = Writer(config, "qatvm-test", timeout=0.5)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        with pytest.raises(TimeoutError):
+            await writer.patch_vm("ns", "w", {"status": {"phase": "Running"}}, status=True)
+        assert loop.time() - started < 5
+    finally:
+        await writer.close()
+        server.close()

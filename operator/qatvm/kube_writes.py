@@ -45,7 +45,9 @@ class Writer:
         assert single.user is not None, "a kubeconfig context without a user"
         self.server = single.cluster.server.rstrip("/")
         self.field_manager = field_manager
-        self.timeout = aiohttp.ClientTimeout(total=timeout)
+        # Bounds on connecting and on each wait for the answer, not on the whole request: a write
+        # may first wait for one of the `connections`, behind the writes of a burst.
+        self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout)
         self._ssl = client_adapter.verify_cluster(single.cluster, single.user, single.abs_file) if self.server.startswith("https:") else None
         self._auth = client_adapter.user_auth(single.user)
         self._authorization: str | None = None
