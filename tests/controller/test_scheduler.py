@@ -8,8 +8,10 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import aiohttp
 import lightkube
 import pytest
+from lightkube import KubeConfig
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Node
 from lightkube.types import PatchType
@@ -211,3 +213,46 @@ async def test_a_vm_deleted_before_it_was_placed_loses_the_agents_finalizer_and_
         assert scheduler.leaving == {}
     for name in ("unfit", "placed"):
         await kube.patch(QatVirtualMachineResource, name, {"metadata": {"finalizers": None}}, namespace=namespace, patch_type=PatchType.MERGE)
+
+
+class LosingWriter(Writer):
+    """The first status write of each VM ends with its outcome unknown, as when the connection
+    drops: before the API server has it, or after (`lands`)."""
+
+    def __init__(self, control_plane: ControlPlane, lands: bool) -> None:
+        super().__init__(KubeConfig.from_file(str(control_plane.kubeconfig)), "qatvm-test")
+        self.lands = lands
+        self.lost: set[str] = set()
+
+    async def patch_vm(self, namespace: str, name: str, patch: dict[str, Any], status: bool = False) -> dict[str, Any]:
+        if status and name not in self.lost:
+            self.lost.add(name)
+            if self.lands:
+                await super().patch_vm(namespace, name, patch, status)
+            raise aiohttp.ServerDisconnectedError()
+        return await super().patch_vm(namespace, name, patch, status)
+
+
+@pytest.mark.parametrize("lands", [False, True], ids=["before", "after"])
+async def test_unsure_write_is_settled(
+    kube: lightkube.AsyncClient, cluster: list[str], namespace: str, control_plane: ControlPlane, lands: bool
+) -> None:
+    """A placement write whose connection drops before or after it lands is settled, without a VF
+    twice: nothing else changes these VMs, so no watch event says whether the first write landed."""
+    writer = LosingWriter(control_plane, lands)
+    try:
+        async with running(kube, writer):
+            for i in range(3):
+                await kube.create(vm(f"vm-{i}", namespace))
+
+            async def placed() -> dict[str, dict[str, Any]]:
+                found = await statuses(kube, namespace)
+                assert len(found) == 3 and all(s.get("nodeName") for s in found.values()), found
+                return found
+
+            found = await until(placed)
+    finally:
+        await writer.close()
+    assert writer.lost == set(found)
+    held = [(s["nodeName"], d["pciAddress"]) for s in found.values() for d in s["devices"]]
+    assert len(held) == len(set(held)) == 3

@@ -4,8 +4,10 @@ Each decision is made on the picture and reserves its VFs there at once, so the 
 made before the first write has returned, cannot take them; up to `concurrency` writes are
 under way together. Each allocation is written with the resourceVersion the decision was made
 on, so a decision made on a stale VM fails instead of landing; a write that fails gives its VFs
-back and the VM is judged again. A VF becomes free only once the VM holding it is gone and its
-node lists it as given back.
+back and the VM is judged again. A write whose outcome is unknown (a timeout, a 5xx, a dropped
+connection) keeps its VFs reserved, for it may still land; it is sent again, on the same version,
+until the API server answers for sure (`_settle`). A VF becomes free only once the VM holding it
+is gone and its node lists it as given back.
 
 A waiting VM is judged again only when something that could change its verdict changed (its own
 object, freed capacity, inventories, nodes, quotas), and its status and events are written only
@@ -250,6 +252,10 @@ class Scheduler:
             status["resources"] = placement.resources.wire()
         try:
             updated = await self._patch_status(meta, status)
+        except Exception as error:
+            if not _surely_failed(error):
+                self._spawn(self._settle(vm.ref.uid, meta, status), f"settle {vm.ref.uid}")
+            raise
         finally:
             self.slots.release()
         self.picture.observe_vm(updated)
@@ -321,11 +327,58 @@ class Scheduler:
         finally:
             self.leaving.pop(uid, None)
 
+    async def _settle(self, uid: str, meta: dict[str, Any], status: dict[str, Any]) -> None:
+        """After a placement write of unknown outcome, whose VFs stay reserved (`doubt`): until the
+        VM's version moves, the write may still land, and if nothing else changes the VM no watch
+        event ever says whether it did. So the same write is sent again on the same version: only
+        one of the two can land, and a refusal means the VM moved, which a GET shows."""
+        delay = 0.5
+        while self.leading():
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, MAX_RETRY_SECONDS)
+            reservation = self.picture.reservations.get(uid)
+            if reservation is None or not reservation.doubtful:
+                return  # the watch has told
+            try:
+                try:
+                    found: dict[str, Any] | None = await self._patch_status(meta, status)
+                except ApiError as error:
+                    if error.status.code not in (404, 409):
+                        raise
+                    found = await self._current(meta)
+            except NotLeading:
+                return  # the next leader lists everything
+            except Exception as error:  # noqa: BLE001 - still unknown: try again later
+                log.info("VM %s/%s: whether its placement landed is still unknown (%s)", meta["namespace"], meta["name"], error)
+                continue
+            if found is None:
+                self.picture.observe_vm({"metadata": meta}, deleted=True)
+            else:
+                # Placed (by either write), or moved on without a placement: then neither can land.
+                self.picture.observe_vm(found)
+            self.judged.pop(uid, None)
+            self.wake.set()
+            return
+
+    async def _current(self, meta: dict[str, Any]) -> dict[str, Any] | None:
+        """The VM as the API server has it now; None if it is gone (or replaced by a namesake)."""
+        try:
+            found = (await self.client.get(QatVirtualMachineResource, meta["name"], namespace=meta["namespace"])).to_dict()
+        except ApiError as error:
+            if error.status.code == 404:
+                return None
+            raise
+        return found if found["metadata"]["uid"] == meta["uid"] else None
+
     async def _patch_status(self, meta: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
         if not self.leading():
             raise NotLeading("the lease may have run out; not writing")
         patch = {"metadata": {"resourceVersion": meta["resourceVersion"]}, "status": status}
         return await self.writer.patch_vm(meta["namespace"], meta["name"], patch, status=True)
+
+
+def _surely_failed(error: Exception) -> bool:
+    return isinstance(error, NotLeading) or (isinstance(error, ApiError) and error.status.code in SURE_FAILURES)
 
 
 async def _retrying(step: Callable[[], Any], what: str, attempts: int | None = None) -> bool:
