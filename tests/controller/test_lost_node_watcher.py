@@ -44,6 +44,21 @@ async def lease_renewed(client: lightkube.AsyncClient, seconds_ago: float) -> No
     await client.apply(lease, field_manager="test", force=True)
 
 
+async def running_on_node(client: lightkube.AsyncClient, kubectl: Kubectl, namespace: str, name: str, vf: str) -> None:
+    """A VM its agent reported Running on NODE, holding `vf`, with the agent's finalizer."""
+    kubectl.apply({
+        "apiVersion": "qatvm.io/v1alpha1", "kind": "QatVirtualMachine",
+        "metadata": {"name": name, "namespace": namespace, "finalizers": [AGENT_FINALIZER]},
+        "spec": {"qat": {"count": 1}, "image": {"path": "/var/lib/qatvm/images/base.qcow2"}},
+    })
+    await client.patch(QatVirtualMachineResource.Status, name, {"status": {
+        "phase": "Running", "nodeName": NODE, "devices": [{"pciAddress": vf}],
+        "resources": {"vcpus": 1, "memory": "1Gi", "numaNode": 0},
+        "conditions": [{"type": "Ready", "status": "True", "reason": "Running", "message": "running",
+                        "lastTransitionTime": "2030-01-01T00:00:00Z"}],
+    }}, namespace=namespace, patch_type=PatchType.MERGE)
+
+
 async def test_stale_lease_marks_unreachable_and_a_deleted_node_fails_and_frees_its_vms(
     client: lightkube.AsyncClient, writer: Writer, kubectl: Kubectl, namespace: str
 ) -> None:
@@ -51,17 +66,7 @@ async def test_stale_lease_marks_unreachable_and_a_deleted_node_fails_and_frees_
     kubectl.apply({"apiVersion": "qatvm.io/v1alpha1", "kind": "QatNode", "metadata": {"name": NODE}})
     kubectl.run("patch", "qatnode", NODE, "--subresource=status", "--type=merge", "-p",
                 '{"status":{"vfs":[%s]}}' % str(VF).replace("'", '"').replace("True", "true"))
-    kubectl.apply({
-        "apiVersion": "qatvm.io/v1alpha1", "kind": "QatVirtualMachine",
-        "metadata": {"name": "held", "namespace": namespace, "finalizers": [AGENT_FINALIZER]},
-        "spec": {"qat": {"count": 1}, "image": {"path": "/var/lib/qatvm/images/base.qcow2"}},
-    })
-    await client.patch(QatVirtualMachineResource.Status, "held", {"status": {
-        "phase": "Running", "nodeName": NODE, "devices": [{"pciAddress": VF["pciAddress"]}],
-        "resources": {"vcpus": 1, "memory": "1Gi", "numaNode": 0},
-        "conditions": [{"type": "Ready", "status": "True", "reason": "Running", "message": "running",
-                        "lastTransitionTime": "2030-01-01T00:00:00Z"}],
-    }}, namespace=namespace, patch_type=PatchType.MERGE)
+    await running_on_node(client, kubectl, namespace, "held", VF["pciAddress"])
     await lease_renewed(client, seconds_ago=60)
     scheduler = Scheduler(client, writer)
     await scheduler.bootstrap()
@@ -120,3 +125,44 @@ async def test_a_node_whose_node_object_remains_is_not_gone(client: lightkube.As
         assert await watcher.gone(NODE + "-never-existed") is True
     finally:
         kubectl.run("delete", "node", NODE + "-kept")
+
+
+async def test_a_vm_deleted_while_its_node_is_being_marked_lost_leaves_the_rest_marked(
+    client: lightkube.AsyncClient, writer: Writer, kubectl: Kubectl, namespace: str
+) -> None:
+    kubectl.apply({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}})
+    for name, vf in (("first", "0000:10:00.1"), ("second", "0000:10:00.2")):
+        await running_on_node(client, kubectl, namespace, name, vf)
+    await lease_renewed(client, seconds_ago=60)
+    scheduler = Scheduler(client, writer)
+    await scheduler.bootstrap()
+    watcher = LostNodeWatcher(client, scheduler, grace_seconds=30, poll_seconds=1)
+    marked: list[str] = []
+    post = scheduler.events.post
+
+    async def post_then_delete_the_other(body: dict, *args: object) -> None:
+        # The watch reports the other VM's deletion while the round awaits this VM's Event.
+        await post(body, *args)
+        marked.append(body["metadata"]["name"])
+        other = next(uid for uid, vm in scheduler.picture.placed.items() if vm.name not in marked)
+        gone = kubectl.json("get", "qvm", scheduler.picture.placed[other].name, "-n", namespace)
+        kubectl.run("delete", "qvm", gone["metadata"]["name"], "-n", namespace, "--wait=false")
+        kubectl.run("patch", "qvm", gone["metadata"]["name"], "-n", namespace, "--type=json", "-p",
+                    '[{"op":"remove","path":"/metadata/finalizers"}]')
+        scheduler.on_vm(gone, deleted=True)
+
+    scheduler.events.post = post_then_delete_the_other  # type: ignore[method-assign]
+    try:
+        await watcher.check()
+        assert len(marked) == 1
+        held = kubectl.json("get", "qvm", marked[0], "-n", namespace)
+        ready = next(c for c in held["status"]["conditions"] if c["type"] == "Ready")
+        assert (ready["status"], ready["reason"]) == ("False", "NodeUnreachable")
+        assert list(scheduler.picture.placed) == [held["metadata"]["uid"]]
+    finally:
+        kubectl.run("delete", "qvm", "--all", "-n", namespace, "--wait=false")
+        for item in kubectl.json("get", "qvm", "-n", namespace)["items"]:
+            kubectl.run("patch", "qvm", item["metadata"]["name"], "-n", namespace, "--type=json", "-p",
+                        '[{"op":"remove","path":"/metadata/finalizers"}]')
+        kubectl.run("delete", "node", NODE, "--ignore-not-found")
+        kubectl.run("delete", "lease", NODE, "-n", NODE_LEASE_NAMESPACE, "--ignore-not-found")

@@ -150,7 +150,12 @@ class LostNodeWatcher:
         return True
 
     async def _update(self, uid: str, change: Any) -> None:
-        namespace, name = self.scheduler.picture.placed[uid].namespace, self.scheduler.picture.placed[uid].name
+        placed = self.scheduler.picture.placed.get(uid)
+        if placed is None:
+            # Deleted (or let go) while this round awaited an earlier VM's write: nothing to mark,
+            # and the other VMs of the round must still be marked.
+            return
+        namespace, name = placed.namespace, placed.name
         try:
             body = (await self.client.get(QatVirtualMachineResource, name, namespace=namespace)).to_dict()
         except ApiError as error:
