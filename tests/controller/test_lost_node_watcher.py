@@ -16,6 +16,7 @@ from lightkube.types import PatchType
 from qatvm.api.lease import NODE_LEASE_NAMESPACE, now
 from qatvm.agent.service import FINALIZER as AGENT_FINALIZER
 from qatvm.controller.lost_nodes import LostNodeWatcher
+from qatvm.controller.picture import PlacedVm
 from qatvm.controller.scheduler import Scheduler
 from qatvm.controlplane.server import ControlPlane
 from qatvm.kube import QatVirtualMachineResource
@@ -140,12 +141,18 @@ async def test_a_vm_deleted_while_its_node_is_being_marked_lost_leaves_the_rest_
     marked: list[str] = []
     post = scheduler.events.post
 
+    def on_node() -> list[PlacedVm]:
+        # The picture holds every namespace's VMs, other tests' too.
+        return [vm for vm in scheduler.picture.placed.values() if (vm.namespace, vm.node) == (namespace, NODE)]
+
     async def post_then_delete_the_other(body: dict, *args: object) -> None:
         # The watch reports the other VM's deletion while the round awaits this VM's Event.
         await post(body, *args)
+        if body["metadata"]["namespace"] != namespace or marked:
+            return  # another test's VM, or this test's second
         marked.append(body["metadata"]["name"])
-        other = next(uid for uid, vm in scheduler.picture.placed.items() if vm.name not in marked)
-        gone = kubectl.json("get", "qvm", scheduler.picture.placed[other].name, "-n", namespace)
+        other = next(vm.name for vm in on_node() if vm.name not in marked)
+        gone = kubectl.json("get", "qvm", other, "-n", namespace)
         kubectl.run("delete", "qvm", gone["metadata"]["name"], "-n", namespace, "--wait=false")
         kubectl.run("patch", "qvm", gone["metadata"]["name"], "-n", namespace, "--type=json", "-p",
                     '[{"op":"remove","path":"/metadata/finalizers"}]')
@@ -158,7 +165,7 @@ async def test_a_vm_deleted_while_its_node_is_being_marked_lost_leaves_the_rest_
         held = kubectl.json("get", "qvm", marked[0], "-n", namespace)
         ready = next(c for c in held["status"]["conditions"] if c["type"] == "Ready")
         assert (ready["status"], ready["reason"]) == ("False", "NodeUnreachable")
-        assert list(scheduler.picture.placed) == [held["metadata"]["uid"]]
+        assert [vm.name for vm in on_node()] == [marked[0]]
     finally:
         kubectl.run("delete", "qvm", "--all", "-n", namespace, "--wait=false")
         for item in kubectl.json("get", "qvm", "-n", namespace)["items"]:
