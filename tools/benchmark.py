@@ -561,15 +561,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nodes", type=int, default=1000, help="simulated nodes for placement (default: %(default)s)")
     parser.add_argument("--vfs", type=int, default=16, help="VFs per simulated node (default: %(default)s)")
-    parser.add_argument("--vms", type=int, default=1000, help="VMs placed (default: %(default)s)")
+    parser.add_argument("--vms", type=int, default=1000, help="VMs placed (default: %(default)s); 0: skip the placement phase")
     parser.add_argument("--memory-vms", type=int, default=10000, help="VMs the controller holds for the memory figure; 0: skip")
-    parser.add_argument("--e2e-nodes", type=int, default=10, help="nodes with agents (default: %(default)s)")
-    parser.add_argument("--e2e-vms", type=int, default=150, help="VMs to Ready (default: %(default)s)")
+    parser.add_argument("--e2e-nodes", type=int, default=10, help="nodes with agents (default: %(default)s); 0: skip the end-to-end phase")
+    parser.add_argument("--e2e-vms", type=int, default=150, help="VMs to Ready (default: %(default)s); 0: skip the end-to-end phase")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="qatvm-bench-") as scratch:
-        with local_cluster(Path(scratch) / "placement", nodes=0) as cluster:
-            asyncio.run(placement_phase(cluster, args.nodes, args.vfs, args.vms, args.memory_vms))
-        if args.e2e_nodes:
+        if args.vms:
+            with local_cluster(Path(scratch) / "placement", nodes=0) as cluster:
+                asyncio.run(placement_phase(cluster, args.nodes, args.vfs, args.vms, args.memory_vms))
+        if args.e2e_nodes and args.e2e_vms:
             with local_cluster(Path(scratch) / "e2e", nodes=args.e2e_nodes) as cluster:
                 asyncio.run(end_to_end_phase(cluster, args.e2e_vms))
     return 0
